@@ -1,0 +1,3 @@
+"""inspector: visual inspection trained on good parts only."""
+
+__version__ = "0.1.0"

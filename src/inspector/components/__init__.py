@@ -1,0 +1,1 @@
+"""Building blocks the models share: coreset sampling, map post-processing, streaming statistics."""

@@ -1,0 +1,70 @@
+"""Fit settings: built-in defaults < configs/mvtec/<category>.yaml < command-line flags.
+
+A category config holds shared settings (image size, crop, backbone, layers) at the top level, `model:` naming
+the default method, and one section per method (`patchcore:`, `padim:`, `fastflow:`) for its own parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SHARED_KEYS = ("backbone", "layers", "image_size", "crop_size", "weights", "batch_size", "runtime", "threads",
+               "blur_sigma", "seed")  # fmt: skip
+DEFAULT_MODEL = "patchcore"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or names unknown settings."""
+
+
+def config_dirs() -> list[Path]:
+    """Where category configs are looked up, first match wins."""
+    dirs = [Path(p) for p in os.environ.get("INSPECTOR_CONFIG_DIR", "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "configs" / "mvtec")
+    dirs.append(Path(__file__).resolve().parents[2] / "configs" / "mvtec")  # a source checkout
+    return dirs
+
+
+def find_category_config(category: str | None) -> Path | None:
+    if not category:
+        return None
+    for folder in config_dirs():
+        candidate = folder / f"{category}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of settings")
+    return data
+
+
+def resolve_fit_settings(
+    config: dict[str, Any], model: str | None, overrides: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The model kind and its constructor parameters from a config plus flag overrides (None = not given)."""
+    from inspector.models import MODELS
+
+    kind = model or config.get("model") or DEFAULT_MODEL
+    if kind not in MODELS:
+        raise ConfigError(f"unknown model '{kind}', choose from {', '.join(MODELS)}")
+    params: dict[str, Any] = {k: v for k, v in config.items() if k in SHARED_KEYS}
+    unknown = set(config) - set(SHARED_KEYS) - set(MODELS) - {"model", "description"}
+    if unknown:
+        raise ConfigError(f"unknown settings in config: {', '.join(sorted(unknown))}")
+    section = config.get(kind) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config section '{kind}' must be a mapping")
+    params.update(section)
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return kind, params

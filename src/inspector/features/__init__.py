@@ -1,0 +1,1 @@
+"""Frozen pretrained backbones and the image preprocessing in front of them."""

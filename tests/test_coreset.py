@@ -1,0 +1,68 @@
+"""Greedy k-center coreset: what PatchCore's memory bank relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspector.components.coreset import StreamingCoreset, greedy_coreset
+
+
+def _covering_radius(points: np.ndarray, centers: np.ndarray) -> float:
+    d = np.linalg.norm(points[:, None, :] - centers[None], axis=2)
+    return float(d.min(axis=1).max())
+
+
+def test_selects_distinct_indices_deterministically() -> None:
+    x = np.random.default_rng(0).normal(size=(500, 16)).astype(np.float32)
+    a = greedy_coreset(x, 50, projection_dim=None, seed=3)
+    assert len(a) == 50 and len(set(a.tolist())) == 50
+    np.testing.assert_array_equal(a, greedy_coreset(x, 50, projection_dim=None, seed=3))
+
+
+def test_covers_far_better_than_random_and_finds_every_cluster() -> None:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=20.0, size=(10, 8))
+    x = np.concatenate([c + rng.normal(size=(100, 8)) for c in centers]).astype(np.float32)
+    chosen = greedy_coreset(x, 10, projection_dim=None)
+    assert len({int(i) // 100 for i in chosen}) == 10  # one point from each cluster
+    random = rng.choice(len(x), 10, replace=False)
+    assert _covering_radius(x, x[chosen]) < 0.5 * _covering_radius(x, x[random])
+
+
+def test_greedy_is_within_factor_two_of_any_k_subset() -> None:
+    # Farthest-point selection is a 2-approximation: no k-subset covers with less than half its radius.
+    x = np.random.default_rng(2).uniform(size=(300, 2)).astype(np.float32)
+    greedy = _covering_radius(x, x[greedy_coreset(x, 12, projection_dim=None)])
+    rng = np.random.default_rng(3)
+    best_random = min(_covering_radius(x, x[rng.choice(300, 12, replace=False)]) for _ in range(200))
+    assert greedy <= 2.0 * best_random
+
+
+def test_streaming_returns_the_requested_fraction_and_bounds_its_pool() -> None:
+    rng = np.random.default_rng(4)
+    stream = StreamingCoreset(ratio=0.01, oversample=10, chunk_size=2048, seed=0)
+    for _ in range(10):
+        stream.add(rng.normal(size=(1024, 32)).astype(np.float32))
+        assert stream.pool_size <= 0.1 * stream.n_seen + 2048  # reduced chunks + at most one pending chunk
+    bank = stream.finalize()
+    assert bank.shape == (round(0.01 * 10 * 1024), 32)
+
+
+def test_streaming_coreset_covers_like_the_one_shot_coreset() -> None:
+    rng = np.random.default_rng(5)
+    x = np.concatenate([c + rng.normal(size=(400, 8)) for c in rng.normal(scale=10, size=(20, 8))])
+    x = x[rng.permutation(len(x))].astype(np.float32)
+    stream = StreamingCoreset(ratio=0.02, chunk_size=1000, projection_dim=None)
+    for part in np.array_split(x, 8):
+        stream.add(part)
+    streamed = _covering_radius(x, stream.finalize())
+    one_shot = _covering_radius(x, x[greedy_coreset(x, round(0.02 * len(x)), projection_dim=None)])
+    assert streamed <= 2.0 * one_shot
+
+
+def test_rejects_bad_ratio_and_empty_stream() -> None:
+    with pytest.raises(ValueError):
+        StreamingCoreset(ratio=0.0)
+    with pytest.raises(ValueError, match="no features"):
+        StreamingCoreset(ratio=0.1).finalize()

@@ -1,0 +1,50 @@
+"""The FAISS core: exact and approximate search, and a save/load round trip that changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspector.index import IndexLoadError, NearestNeighbourIndex
+
+
+@pytest.fixture
+def bank() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(2000, 24)).astype(np.float32)
+
+
+def test_flat_search_is_exact_euclidean(bank: np.ndarray) -> None:
+    queries = np.random.default_rng(1).normal(size=(50, 24)).astype(np.float32)
+    dist, idx = NearestNeighbourIndex("flat").build(bank).search(queries, k=3)
+    brute = np.linalg.norm(queries[:, None, :] - bank[None], axis=2)
+    expected = np.sort(brute, axis=1)[:, :3]
+    np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(idx[:, 0], brute.argmin(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_load_round_trip_gives_identical_results(bank: np.ndarray, kind: str) -> None:
+    queries = bank[:100] + 0.01
+    index = NearestNeighbourIndex(kind).build(bank)
+    restored = NearestNeighbourIndex(kind).from_bytes(index.to_bytes())
+    assert restored.ntotal == len(bank) and restored.dim == bank.shape[1]
+    d1, i1 = index.search(queries)
+    d2, i2 = restored.search(queries)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_find_the_true_neighbour_mostly(bank: np.ndarray, kind: str) -> None:
+    queries = bank[:200] + np.float32(0.05)
+    _, idx = NearestNeighbourIndex(kind).build(bank).search(queries)
+    assert (idx[:, 0] == np.arange(200)).mean() > 0.9
+
+
+def test_bad_kind_and_damaged_bytes_are_clear_errors(bank: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unknown index kind"):
+        NearestNeighbourIndex("annoy")
+    with pytest.raises(IndexLoadError):
+        NearestNeighbourIndex().from_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="empty"):
+        NearestNeighbourIndex().search(bank[:1])
