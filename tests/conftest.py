@@ -11,9 +11,9 @@ import pytest
 os.environ.setdefault("INSPECTOR_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inspector.data import Dataset  # noqa: E402
-from inspector.data.synthetic import make_category  # noqa: E402
-from inspector.models import PatchCore  # noqa: E402
+from inspector.data import Dataset
+from inspector.data.synthetic import make_category
+from inspector.models import PatchCore
 
 SIZE = 128
 

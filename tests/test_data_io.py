@@ -44,13 +44,13 @@ def test_channel_order_and_bit_depth_are_converted(tmp_path: Path) -> None:
 def test_corrupt_file_error_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(ImageReadError, match="broken.png"):
+    with pytest.raises(ImageReadError, match=r"broken\.png"):
         read_image(bad)
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    with pytest.raises(ImageReadError, match="empty.jpg"):
+    with pytest.raises(ImageReadError, match=r"empty\.jpg"):
         read_image(empty)
-    with pytest.raises(ImageReadError, match="missing.png"):
+    with pytest.raises(ImageReadError, match=r"missing\.png"):
         read_image(tmp_path / "missing.png")
     with pytest.raises(ImageReadError):
         decode_image(b"hello")

@@ -146,9 +146,7 @@ def test_pr_and_f1_need_positives() -> None:
 
 def test_pixel_auroc_matches_sklearn() -> None:
     masks, maps = _blob_data(seed=7)
-    assert pixel_auroc(masks, maps) == pytest.approx(
-        sk_metrics.roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12
-    )
+    assert pixel_auroc(masks, maps) == pytest.approx(sk_metrics.roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
     with pytest.raises(ValueError, match="shape"):
         pixel_auroc(masks, maps[:, :-1])
 
@@ -177,9 +175,7 @@ def _blob_data(seed: int, n: int = 6, size: int = 32) -> tuple[np.ndarray, np.nd
     return masks.astype(bool), (maps + 1.5 * signal).astype(np.float64)
 
 
-def _reference_aupro(
-    masks: np.ndarray, maps: np.ndarray, thresholds: np.ndarray, fpr_limit: float = 0.3
-) -> float:
+def _reference_aupro(masks: np.ndarray, maps: np.ndarray, thresholds: np.ndarray, fpr_limit: float = 0.3) -> float:
     """Textbook AUPRO: binarise at each threshold, per-region overlap and FPR, clipped trapezoid."""
     regions = []
     for i, mask in enumerate(masks):

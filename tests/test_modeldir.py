@@ -49,14 +49,14 @@ def test_damaged_or_incompatible_directories_are_clear_errors(tmp_path: Path) ->
     with pytest.raises(ModelDirError, match="does not exist"):
         read_manifest(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelDirError, match="manifest.json is missing"):
+    with pytest.raises(ModelDirError, match=r"manifest\.json is missing"):
         read_manifest(tmp_path / "empty")
     write_model_dir(tmp_path / "m", {"model": "x"}, {"a.bin": b"abc"})
     (tmp_path / "m" / "a.bin").write_bytes(b"abd")
-    with pytest.raises(ModelDirError, match="a.bin does not match its checksum"):
+    with pytest.raises(ModelDirError, match=r"a\.bin does not match its checksum"):
         read_manifest(tmp_path / "m")
     (tmp_path / "m" / "a.bin").unlink()
-    with pytest.raises(ModelDirError, match="a.bin is missing"):
+    with pytest.raises(ModelDirError, match=r"a\.bin is missing"):
         read_manifest(tmp_path / "m")
     manifest = tmp_path / "m" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 99}))

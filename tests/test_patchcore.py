@@ -21,7 +21,9 @@ def test_fit_builds_a_coreset_bank_of_the_requested_size(fitted_patchcore: Patch
     assert fitted_patchcore.index_.ntotal == info["bank_size"]
 
 
-def test_scores_defects_well_above_chance_with_maps_on_the_defects(fitted_patchcore: PatchCore, dataset: Dataset) -> None:
+def test_scores_defects_well_above_chance_with_maps_on_the_defects(
+    fitted_patchcore: PatchCore, dataset: Dataset
+) -> None:
     report, results = evaluate(fitted_patchcore, dataset, progress=False)
     assert report["image_auroc"] >= 0.9
     assert report["pixel_auroc"] >= 0.9
@@ -49,8 +51,8 @@ def test_saved_model_scores_identically(fitted_patchcore: PatchCore, dataset: Da
     fitted_patchcore.save(tmp_path / "model", data={"category": "synthetic"})
     loaded = load_model(tmp_path / "model")
     after = loaded.score(images)
-    np.testing.assert_allclose(after.scores, before.scores, atol=1e-5)
-    np.testing.assert_allclose(after.maps, before.maps, atol=1e-5)
+    np.testing.assert_allclose(after.scores, before.scores, rtol=1e-5)
+    np.testing.assert_allclose(after.maps, before.maps, rtol=1e-5, atol=1e-4)
     assert loaded.get_params() == fitted_patchcore.get_params()
     # The torch runtime runs the same network as the exported ONNX graph.
     torch_scores = load_model(tmp_path / "model", runtime="torch").score(images).scores

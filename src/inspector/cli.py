@@ -1,4 +1,4 @@
-"""The `inspector` command line: fit, evaluate, predict, demo and data download.
+"""The `inspector` command line: fit, evaluate, calibrate, predict, demo and data download.
 
 One convention everywhere: `--model` names a method (fit only), `--model-dir` names a fitted model (default
 models/<category>/), `--data-root` + `--category` name data.
@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ class UserError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Idle OpenMP threads (FAISS) otherwise spin after each search and starve onnxruntime, the service's event loop
+    # and the next request on a busy 2-core line PC (p50 search 27 ms passive vs 275 ms spinning, measured under
+    # load). Read once, when faiss is first imported, so it must be set before any command imports it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -44,12 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
+    from inspector.calibration import CalibrationError
     from inspector.config import ConfigError
     from inspector.data import CategoryNotFoundError, ImageReadError
     from inspector.features.backbones import BackboneWeightsError
     from inspector.modeldir import ModelDirError
 
-    known = (UserError, ConfigError, CategoryNotFoundError, ImageReadError, BackboneWeightsError, ModelDirError)
+    known = (UserError, ConfigError, CategoryNotFoundError, ImageReadError, BackboneWeightsError, ModelDirError,
+             CalibrationError)  # fmt: skip
     return isinstance(exc, known) or type(exc) is ValueError or type(exc) is FileNotFoundError
 
 
@@ -89,6 +96,17 @@ def _load(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in ("runtime", "threads") if getattr(args, k, None) is not None}
     return load_model(_model_dir(args), **overrides)
+
+
+def _active_calibration(model_dir: Path):
+    """The model's active calibration (None, with a note, when it has none); a stale one is an error."""
+    from inspector.calibration import load_active_calibration
+
+    calibration = load_active_calibration(model_dir)
+    if calibration is None:
+        print(f"note: {model_dir} has no calibration, so no pass/fail verdicts; run `inspector calibrate`",
+              file=sys.stderr)  # fmt: skip
+    return calibration
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -172,15 +190,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inspector.data import Dataset
-    from inspector.evaluate import evaluate, write_scores_csv
+    from inspector.evaluate import decision_report, evaluate, write_scores_csv
 
     model_dir = _model_dir(args)
     model = _load(args)
     category = args.category or model.data_info_.get("category")
     if not category:
         raise UserError("say which data to evaluate on: --category NAME")
+    calibration = _active_calibration(model_dir)
     dataset = Dataset(args.data_root, category)
     report, results = evaluate(model, dataset, progress=not args.quiet)
+    report.update(decision_report(results, calibration))
+    if calibration and calibration.data.get("category") == category and not calibration.data.get("holdout"):
+        print(
+            f"note: calibration {calibration.name} was chosen on this test set, so its rates here are optimistic;"
+            " `inspector calibrate --holdout 0.5` measures them on images it did not choose on",
+            file=sys.stderr,
+        )
     csv_path = args.csv or model_dir / f"scores_{category}.csv"
     write_scores_csv(csv_path, results)
     report = {"model": model.kind, "model_dir": str(model_dir), "category": category, **report,
@@ -201,19 +227,131 @@ def _print_report(report: dict[str, Any]) -> None:
             ("train / test images", f"{report['n_train']} / {report['n_test']}"),
             ("ms per image (median, batch 1)", report["ms_per_image"])]  # fmt: skip
     print(f"{report['model']} on {report['category']} ({report['model_dir']})")
+    if report["calibration"]:
+        c = report["calibration"]
+        rows += [(f"false-reject rate at {c['image_threshold']:.4g}", report["false_reject_rate"]),
+                 ("escape rate (defects passed)", report["escape_rate"])]  # fmt: skip
     for name, value in rows:
         print(f"  {name:<32}{fmt(value)}")
     print(f"  per-image scores: {report['scores_csv']}")
+
+
+# ---- calibrate ----------------------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from inspector.calibration import activate_calibration, save_calibration
+    from inspector.calibration.report import summary, write_html, write_plots
+    from inspector.calibration.rules import check_fraction, check_targets
+    from inspector.calibration.store import ARCHIVE_DIR
+    from inspector.calibration.workflow import calibrate, score_images, split_holdout
+
+    model_dir = _model_dir(args)
+    if args.list:
+        return _list_calibrations(model_dir)
+    if args.activate:
+        c = activate_calibration(model_dir, args.activate)
+        print(f"active calibration of {model_dir}: {c.name} (rule {c.rule}, threshold {c.image_threshold:.6g})")
+        return 0
+    if args.method:  # fail before the slow scoring, not after it
+        check_targets(args.method, args.target_fpr, args.target_recall)
+    check_fraction("confidence", args.confidence)
+    model = _load(args)
+    samples, data = _calibration_images(args, model)
+    holdout: list[Any] = []
+    if args.holdout:
+        samples, holdout = split_holdout(samples, args.holdout, args.seed)
+        data["holdout"] = {"fraction": args.holdout, "seed": args.seed}
+    scored = score_images(model, samples, progress=not args.quiet)
+    held = score_images(model, holdout, keep_maps=False, progress=not args.quiet) if holdout else None
+    calibration = calibrate(scored, args.method, args.target_fpr, args.target_recall, args.confidence,
+                            args.review_band, args.pixel_quantile, args.name or "", data, held)  # fmt: skip
+    archived = save_calibration(model_dir, calibration, activate=not args.no_activate)
+    folder = model_dir / ARCHIVE_DIR / calibration.name
+    plots = write_plots(folder, scored.labels, scored.scores, calibration)
+    report = write_html(folder, calibration, plots)
+    print(summary(calibration))
+    active = "not activated (--no-activate)" if args.no_activate else f"active: {model_dir / 'calibration.json'}"
+    print(f"  wrote {archived} ({active})\n  plots {', '.join(p.name for p in plots)} and {report.name} in {folder}")
+    return 0
+
+
+def _calibration_images(args: argparse.Namespace, model: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The chosen images minus the model's training images (their scores are optimistic), and where they came from."""
+    from inspector.calibration.workflow import category_images, labelled_folder_images, normal_images, training_overlap
+
+    if args.normal_dir:
+        chosen = normal_images(args.normal_dir)
+    elif args.images_dir:
+        chosen = labelled_folder_images(args.images_dir)
+    else:
+        category = args.category or model.data_info_.get("category")
+        if not category:
+            raise UserError("say which images to calibrate on: --category NAME, --normal-dir DIR or --images-dir DIR")
+        chosen = category_images(args.data_root, category)
+    samples, data = chosen.samples, dict(chosen.source)
+    if not samples:
+        raise UserError(f"no images found in {data.get('dir') or data.get('category')}")
+    overlap = training_overlap(samples, model)
+    if overlap is None:
+        print("WARNING: the model does not record its training images, so they cannot be left out; make sure these "
+              "images were not used to fit it", file=sys.stderr)  # fmt: skip
+    elif overlap and args.allow_train:
+        print(f"WARNING: {len(overlap)} of {len(samples)} images were used to fit this model and are kept "
+              "(--allow-train): their scores are optimistic, so the threshold comes out too low and the line will "
+              "reject more good parts than stated", file=sys.stderr)  # fmt: skip
+        data["training_images_included"] = len(overlap)
+    elif overlap:
+        if len(overlap) == len(samples):
+            raise UserError(f"all {len(samples)} images were used to fit this model; their optimistic scores would "
+                            "set the threshold too low. Calibrate on held-out images (or --allow-train)")  # fmt: skip
+        print(f"WARNING: {len(overlap)} of {len(samples)} images were used to fit this model (e.g. "
+              f"{overlap[0].path}); their scores are optimistic, so they are left out (--allow-train keeps them)",
+              file=sys.stderr)  # fmt: skip
+        left_out = set(overlap)
+        samples = [s for s in samples if s not in left_out]
+        data["training_images_excluded"] = len(overlap)
+    return samples, data
+
+
+def _list_calibrations(model_dir: Path) -> int:
+    from inspector.calibration import list_calibrations, load_active_calibration
+    from inspector.calibration.report import targets_text
+
+    found = list_calibrations(model_dir)
+    if not found:
+        print(f"{model_dir} has no calibrations; run `inspector calibrate`")
+        return 0
+    active = load_active_calibration(model_dir, allow_stale=True)
+    print(f"  {'name':<32}{'rule':<8}{'threshold':>12}  {'target':<30}created")
+    for c in found:
+        mark = "*" if active and active.name == c.name else " "
+        print(f"{mark} {c.name:<32}{c.rule:<8}{c.image_threshold:>12.6g}  {targets_text(c):<30}{c.created}")
+    print("(* active)")
+    return 0
+
+
+def _band(text: str) -> tuple[float, float]:
+    """--review-band LOW:HIGH in multiples of the threshold."""
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH such as 0.9:1.2, got '{text}'") from None
+    if not 0 < low <= 1.0 <= high:
+        raise argparse.ArgumentTypeError(f"need 0 < LOW <= 1 <= HIGH (multiples of the threshold), got '{text}'")
+    return low, high
 
 
 # ---- predict ------------------------------------------------------------------------------------------------
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from inspector.calibration.report import outline_regions
     from inspector.data import read_image
     from inspector.visualize import overlay, write_png
 
     model = _load(args)
+    calibration = _active_calibration(_model_dir(args))
     rows: list[tuple[Path, Any, Any]] = []
     failures = 0
     for path in args.images:
@@ -227,7 +365,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result = model.score([image])
         ms = (time.perf_counter() - start) * 1e3
         amap = result.maps[0]
-        print(json.dumps({"path": str(path), "score": round(float(result.scores[0]), 6),
+        score = float(result.scores[0])
+        print(json.dumps({"path": str(path), "score": round(score, 6),
+                          "normalized_score": round(calibration.normalized(score), 6) if calibration else None,
+                          "verdict": calibration.verdict(score) if calibration else None,
                           "map_max": round(float(amap.max()), 6), "map_mean": round(float(amap.mean()), 6),
                           "ms": round(ms, 2)}), flush=True)  # fmt: skip
         if args.heatmaps:
@@ -238,7 +379,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         vmax = max(float(a.max()) for _, _, a in rows)
         for path, image, amap in rows:
             full = model.preprocessing_.map_to_image(amap, image.shape[:2])
-            write_png(Path(args.heatmaps) / f"{path.stem}_heatmap.png", overlay(image, full, vmin, vmax))
+            picture = overlay(image, full, vmin, vmax)
+            if calibration and calibration.pixel_threshold is not None:  # outline what the calibration calls defect
+                picture = outline_regions(picture, full, calibration.pixel_threshold)
+            write_png(Path(args.heatmaps) / f"{path.stem}_heatmap.png", picture)
         print(f"wrote {len(rows)} heatmaps to {args.heatmaps} (colour scale {vmin:.3g}..{vmax:.3g})", file=sys.stderr)
     return 1 if failures else 0
 
@@ -272,7 +416,73 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve ------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from inspector.service.app import serve
+    from inspector.service.config import ModelSpec, ServiceConfigError, load_settings
+
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers, "queue_size": args.queue_size,
+                 "threads": args.threads, "store.dir": args.store_dir,
+                 "models": [ModelSpec.parse(m) for m in args.model_dir] if args.model_dir else None}  # fmt: skip
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except ServiceConfigError as exc:
+        raise UserError(str(exc)) from exc
+    if not settings.models:
+        raise UserError("no model to serve: give --model-dir DIR (or `models:` in the config)")
+    serve(settings)
+    return 0
+
+
+# ---- dataset ------------------------------------------------------------------------------------------------
+
+
+def cmd_dataset_export(args: argparse.Namespace) -> int:
+    from inspector.service.export import export_reviewed
+
+    if not args.reviewed:
+        raise UserError("say which records: --reviewed (operator verdicts are the labels; machine verdicts are not)")
+    counts = export_reviewed(args.store_dir, args.out, model=args.model, since=args.since, good_split=args.good_split)
+    for folder, n in sorted(counts.items()):
+        print(f"{n:6d}  {args.out / folder}")
+    print(f"exported {sum(counts.values())} reviewed inspections to {args.out}")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------------------
+
+CALIBRATE_HELP = """\
+images (scores of images the model was fitted on are optimistic and are left out):
+  --category NAME          the category's labelled test/ (+ validation/good); default: the model's category
+  --normal-dir DIR         good images only: only a false-reject target can be set (rule normal)
+  --images-dir DIR         DIR/good/ plus one folder per defect type
+
+rules (a part fails when its score >= the threshold):
+  f1      highest F1 on the precision-recall curve (needs good and defective images)
+  youden  highest recall - false-reject rate on the ROC curve (needs both)
+  fpr     lowest threshold with false-reject rate <= --target-fpr on these images (most defects caught)
+  recall  highest threshold with recall >= --target-recall on these images (fewest good parts failed)
+  normal  the k-th highest good score, k chosen so that the false-reject rate is <= --target-fpr with
+          --confidence (order statistics, no assumption on the score distribution; never simply the
+          maximum). When there are too few good images for that, it takes the highest one, says so and
+          states the bound it does meet.
+
+scores: raw model scores, and normalised = raw / threshold, so 1.0 is the threshold and 1.3 means 30%
+above it. --review-band 0.9:1.2 sends normalised scores in [0.9, 1.2] to a person; below passes, above fails.
+
+writes <model-dir>/calibrations/<name>.json and makes it the active <model-dir>/calibration.json (predict,
+evaluate and the service use the active one; no re-fit or re-export), plus roc.png, pr.png,
+histogram.png, rates.png and report.html in <model-dir>/calibrations/<name>/.
+
+examples:
+  inspector calibrate --model-dir models/bottle --category bottle --holdout 0.5
+  inspector calibrate --model-dir models/bottle --normal-dir holdout/good --target-fpr 0.005
+  inspector calibrate --model-dir models/bottle --category bottle --method recall --target-recall 0.995
+  inspector calibrate --model-dir models/bottle --list
+  inspector calibrate --model-dir models/bottle --activate fpr-20250101T120000
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,6 +524,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="per-image scores CSV (default: <model-dir>/scores_<category>.csv)")
     _add_runtime_args(p)
 
+    p = command("calibrate", cmd_calibrate, "choose the pass/fail threshold from held-out images and report it")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = CALIBRATE_HELP
+    _add_model_dir_arg(p)
+    _add_data_args(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--normal-dir", type=Path, help="calibrate on a folder of good images only (held out)")
+    source.add_argument("--images-dir", type=Path, help="calibrate on a folder with good/ and one folder per defect")
+    p.add_argument("--method", choices=["f1", "youden", "fpr", "recall", "normal"],
+                   help="threshold rule (default: recall/fpr when a target is given, normal for good images only, "
+                   "else f1)")  # fmt: skip
+    p.add_argument("--target-fpr", type=float, help="false-reject target: share of good parts failed, e.g. 0.01")
+    p.add_argument("--target-recall", type=float, help="recall target: share of defects caught, e.g. 0.995")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the stated bounds (default 0.95)")
+    p.add_argument(
+        "--review-band",
+        type=_band,
+        metavar="LOW:HIGH",
+        help="normalised scores in [LOW, HIGH] go to a person, e.g. 0.9:1.2 (multiples of the threshold)",
+    )
+    p.add_argument(
+        "--pixel-quantile",
+        type=float,
+        default=0.999,
+        help="without masks: pixel threshold = this quantile of good images' maps (default %(default)s)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        metavar="FRACTION",
+        help="keep this share of every class aside and report the rates measured on it, e.g. 0.5",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random split for --holdout (default 0)")
+    p.add_argument("--allow-train", action="store_true", help="keep images the model was fitted on (optimistic)")
+    p.add_argument("--name", help="calibration name (default <rule>-<UTC time>)")
+    p.add_argument("--no-activate", action="store_true", help="archive the calibration without making it active")
+    p.add_argument("--list", action="store_true", help="list the model's calibrations and exit")
+    p.add_argument("--activate", metavar="NAME", help="make an archived calibration the active one and exit")
+    _add_runtime_args(p)
+
     p = command("predict", cmd_predict, "score images; one JSON line each")
     _add_model_dir_arg(p)
     p.add_argument("--category", help="shorthand for --model-dir models/<category>")
@@ -339,6 +589,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(category="synthetic")
     p.add_argument("--seed", type=int, default=0)
+
+    from inspector.service.config import settings_help
+
+    p = command("serve", cmd_serve, "run the line-side inspection service (HTTP API, OpenAPI at /docs)")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = settings_help()
+    p.add_argument("--config", type=Path, help="service config, YAML or TOML (default: $INSPECTOR_SERVICE_CONFIG)")
+    p.add_argument("--model-dir", action="append", metavar="[NAME=]DIR",
+                   help="fitted model to serve (repeat for several; NAME defaults to the folder name)")  # fmt: skip
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--store-dir", type=Path, help="where inspections are recorded (default ./inspections)")
+    p.add_argument("--workers", type=int, help="inference worker threads (default 1)")
+    p.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
+    p.add_argument("--queue-size", type=int, help="requests that may wait for a worker before 503 (default 4)")
+
+    dataset = command("dataset", lambda a: dataset.print_help() or EXIT_USER_ERROR, "data sets from inspections")
+    dataset_sub = dataset.add_subparsers(title="dataset commands", metavar="ACTION")
+    p = dataset_sub.add_parser("export", help="write reviewed inspections as an MVTec-style folder for re-fitting")
+    p.set_defaults(handler=cmd_dataset_export)
+    p.add_argument("--store-dir", type=Path, default=Path("inspections"), help="service store (default %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="data root to write <model>/train/good, test/defect to")
+    p.add_argument("--reviewed", action="store_true", help="export operator-reviewed inspections (required)")
+    p.add_argument("--model", help="only this model's inspections")
+    p.add_argument("--since", type=datetime.fromisoformat, help="only inspections from this time on (ISO 8601)")
+    p.add_argument("--good-split", choices=["train", "test"], default="train",
+                   help="reviewed good parts go to train/good (re-fit, default) or test/good (calibrate)")  # fmt: skip
     return parser
 
 

@@ -14,7 +14,7 @@ from inspector.models import create_model
 from inspector.visualize import overlay, write_png
 
 CATEGORY = "synthetic"
-DEMO_MODELS = ("patchcore",)
+DEMO_MODELS = ("patchcore", "padim")
 
 
 def run_demo(workdir: Path, progress: bool = True) -> int:

@@ -14,6 +14,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from inspector import metrics
+from inspector.calibration.rules import confusion_counts
+from inspector.calibration.store import Calibration
 from inspector.data import Dataset, read_image, read_mask
 from inspector.data.mvtec import Sample
 from inspector.models import AnomalyModel
@@ -92,6 +94,22 @@ def _or_none(fn, *args) -> float | None:
         return fn(*args)
     except ValueError:  # one class only: the metric is undefined, say null rather than invent a number
         return None
+
+
+def decision_report(results: list[ImageResult], calibration: Calibration | None) -> dict[str, Any]:
+    """Confusion counts, false-reject and escape rate at the active calibration (nulls without one), so the
+    report says what the line would have done with these parts, not only how well the scores rank them."""
+    if calibration is None:
+        return {"calibration": None, "confusion": None, "false_reject_rate": None, "escape_rate": None}
+    labels = np.array([r.sample.is_defect for r in results], dtype=bool)
+    counts = confusion_counts(labels, np.array([r.score for r in results]), calibration)
+    return {
+        "calibration": {"name": calibration.name, "rule": calibration.rule,
+                        "image_threshold": calibration.image_threshold, "review_band": calibration.review_band},
+        "confusion": {k: v for k, v in counts.items() if not k.endswith("_rate")},
+        "false_reject_rate": counts["false_reject_rate"],
+        "escape_rate": counts["escape_rate"],
+    }  # fmt: skip
 
 
 def write_scores_csv(path: Path, results: list[ImageResult]) -> None:

@@ -99,9 +99,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            "ROC needs both classes: labels contain only " + ("negatives" if n_pos == 0 else "positives")
-        )
+        raise ValueError("ROC needs both classes: labels contain only " + ("negatives" if n_pos == 0 else "positives"))
     pos = np.sort(s[y])
     neg = np.sort(s[~y])
     if n_pos <= n_neg:  # per positive: #negatives below + #negatives below or tied
@@ -113,9 +111,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((int(below) + int(below_or_tied)) / (2.0 * n_pos * n_neg))
 
 
-def precision_recall_curve(
-    labels: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision-recall curve ``(precision, recall, thresholds)``, scikit-learn convention.
 
     Thresholds are the distinct scores in ascending order; ``precision`` and ``recall`` have one

@@ -80,6 +80,17 @@ def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write one file so a crash leaves either the old or the new content, never a torn one."""
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)

@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -138,6 +138,7 @@ class AnomalyModel(ABC):
         torch.manual_seed(self.seed)
         self.preprocessing_ = Preprocessing(as_size(self.image_size), as_size(self.crop_size))
         self._backbone_module, self.backbone_info_ = self._load_backbone()
+        self.data_info_: dict[str, Any] = {}
         timings = self._fit(images, progress)
         self.fit_info_ = {
             "n_images": len(images),
@@ -223,19 +224,17 @@ class AnomalyModel(ABC):
     def save(self, path: str | Path, data: dict[str, Any] | None = None) -> Path:
         """Write the model directory atomically; `data` records what it was fitted on."""
         self._check_fitted()
-        info = self.backbone_info_
         manifest = {
             "model": self.kind,
             "inspector_version": __version__,
             "params": self.get_params(),
-            "backbone": {**info.__dict__, "out_indices": list(info.out_indices), "channels": list(info.channels),
-                         "strides": list(info.strides), "mean": list(info.mean), "std": list(info.std)},
-            "preprocessing": {**self.preprocessing_.to_dict(), "input": "RGB uint8 -> float32 NCHW 0..255",
-                              "mean": list(info.mean), "std": list(info.std)},
+            "backbone": asdict(self.backbone_info_),
+            "preprocessing": {**self.preprocessing_.to_dict(), "input": "RGB uint8 -> float32 NCHW 0..255"},
             "fit": getattr(self, "fit_info_", {}),
             "data": data or {},
-        }  # fmt: skip
+        }
         write_model_dir(Path(path), manifest, {NETWORK_FILE: self.network_onnx_, **self._state()})
+        self.data_info_ = manifest["data"]
         return Path(path)
 
     @classmethod
@@ -243,8 +242,9 @@ class AnomalyModel(ABC):
         try:
             model = cls(**{**manifest["params"], **overrides})
             b = manifest["backbone"]
-            model.backbone_info_ = BackboneInfo(**{**b, **{k: tuple(b[k]) for k in
-                                                           ("out_indices", "channels", "strides", "mean", "std")}})
+            model.backbone_info_ = BackboneInfo(
+                **{**b, **{k: tuple(b[k]) for k in ("out_indices", "channels", "strides", "mean", "std")}}
+            )
             pre = manifest["preprocessing"]
             model.preprocessing_ = Preprocessing(as_size(pre["image_size"]), as_size(pre["crop_size"]))
         except (KeyError, TypeError, ValueError) as exc:

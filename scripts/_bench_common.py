@@ -1,0 +1,328 @@
+"""Shared helpers for the benchmark scripts in this folder (not part of the `inspector` package).
+
+What every benchmark needs the same way, so that numbers from different scripts are comparable:
+
+* `limit_threads` pins OpenMP/MKL/BLAS and torch to N threads (call before importing torch in a process);
+* `list_dataset` lists an MVTec-style category, optionally thinned for quick trial runs;
+* `load_masks` reads ground truth at the evaluation size (nearest neighbour, binarised > 127);
+* `run_isolated` runs a function in a fresh 'spawn' subprocess, so peak memory is per tool;
+* `peak_rss_mib` / `current_rss_mib` measure memory the same way for every tool;
+* `time_each` times a per-image call after a warm-up (wall and CPU time); `cpu_seconds` and `load_average`
+  help judge timings taken on a shared machine;
+* `load_offline_weights` puts inspector's offline backbone weights into an anomalib feature extractor;
+* `machine_info`, `markdown_table` and `write_json` report the results.
+
+Heavy imports (torch, anomalib, inspector.models) happen inside functions: spawned children import the calling
+script again, and nothing one tool needs should be loaded into the other tool's process.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+# ---- threads and processes ---------------------------------------------------------------------------
+
+
+def limit_threads(n: int) -> None:
+    """Set the thread-count environment (inherited by children) and, where already imported, torch and cv2."""
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(n)
+
+
+def run_isolated(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Run `fn(*args, **kwargs)` in a fresh spawned process and return its (picklable) result.
+
+    `fn` must be importable by the child (module level in the script). Each call starts a new interpreter,
+    so `peak_rss_mib()` inside `fn` sees only that call's memory.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (getrusage ru_maxrss), MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def current_rss_mib() -> float:
+    """Resident memory now (VmRSS), MiB; falls back to the peak where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+def thin(items: Sequence[Any], limit: int | None) -> list[Any]:
+    """At most `limit` items spread evenly over the sequence (keeps every class of a sorted test list)."""
+    if not limit or limit >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def list_dataset(root: str | Path, category: str, limit_train: int | None = None, limit_test: int | None = None):
+    """(train image paths, test samples) of an MVTec-style category, thinned evenly when limits are given."""
+    from inspector.data import Dataset
+
+    dataset = Dataset(root, category)
+    train = thin(dataset.train(), limit_train)
+    test = thin(dataset.test(), limit_test)
+    missing = [s.path.name for s in test if s.is_defect and s.mask_path is None]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} defect images have no ground-truth mask, e.g. {missing[0]}")
+    return train, test
+
+
+def load_masks(samples: Sequence[Any], size: tuple[int, int]) -> np.ndarray:
+    """Ground-truth masks, bool (N, H, W) at `size`: resized nearest-neighbour, pixel > 127; good = empty."""
+    from inspector.data.io import read_mask
+
+    masks = np.zeros((len(samples), *size), dtype=bool)
+    for i, sample in enumerate(samples):
+        if sample.mask_path is not None:
+            masks[i] = read_mask(sample.mask_path, size)
+    return masks
+
+
+# ---- timing ----------------------------------------------------------------------------------------------
+
+
+def time_each(fn: Callable[[Any], Any], inputs: Sequence[Any], warmup: Sequence[Any] = ()) -> tuple[list, list, list]:
+    """Call `fn` on each warm-up input (untimed), then on each input with its own timing.
+
+    Returns (results, wall milliseconds per call, process CPU milliseconds per call). CPU time (all threads of
+    this process) is less disturbed than wall time when other work shares the machine.
+    """
+    for item in warmup:
+        fn(item)
+    results, wall_ms, cpu_ms = [], [], []
+    for item in inputs:
+        cpu, wall = time.process_time(), time.perf_counter()
+        results.append(fn(item))
+        wall_ms.append((time.perf_counter() - wall) * 1e3)
+        cpu_ms.append((time.process_time() - cpu) * 1e3)
+    return results, wall_ms, cpu_ms
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all threads), seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine makes timings unreliable."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def summarize_ms(ms: Sequence[float]) -> dict[str, float]:
+    """Median, mean, 90th percentile, min and max of per-call milliseconds."""
+    return {
+        "median": statistics.median(ms),
+        "mean": statistics.fmean(ms),
+        "p90": float(np.percentile(ms, 90)),
+        "min": min(ms),
+        "max": max(ms),
+    }
+
+
+# ---- anomalib --------------------------------------------------------------------------------------------
+
+
+def load_offline_weights(extractor: Any, backbone: str, out_indices: Sequence[int]) -> str:
+    """Load inspector's offline weights for `backbone` into an anomalib `TimmFeatureExtractor`.
+
+    The timm model lives at `extractor.feature_extractor`; the state dict comes from
+    `inspector.features.backbones.load_backbone` (the same tensors inspector fits with) and is loaded strictly,
+    so a missing or unexpected key raises. Returns where the weights came from.
+    """
+    from inspector.features.backbones import load_backbone
+
+    module, info = load_backbone(backbone, tuple(out_indices), allow_download=False)
+    extractor.feature_extractor.load_state_dict(module.state_dict(), strict=True)
+    return info.weights_source
+
+
+# ---- reporting -------------------------------------------------------------------------------------------
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(packages: Sequence[str] = ("torch", "timm", "onnxruntime", "faiss-cpu", "anomalib")) -> dict:
+    """Where and with what the numbers were taken."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gib = None
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "memory_gib": memory_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: package_version(name) for name in packages},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def source_digest(package: str) -> str:
+    """SHA-256 over a package's .py files (names and bytes): which code was measured, without a commit."""
+    import hashlib
+    import importlib
+
+    root = Path(importlib.import_module(package).__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table with aligned columns; floats as given (format them before)."""
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write `data` as indented JSON (numpy scalars and arrays converted), creating parent folders."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=convert) + "\n")
+    return path
+
+
+# ---- added for bench_padim_fastflow.py ---------------------------------------------------------------------
+
+
+def load_offline_state(module: Any, backbone: str, out_indices: Sequence[int]) -> str:
+    """Like `load_offline_weights`, for a bare timm `features_only` module (strict; returns the weights' source)."""
+    from inspector.features.backbones import load_backbone
+
+    source, info = load_backbone(backbone, tuple(out_indices), allow_download=False)
+    module.load_state_dict(source.state_dict(), strict=True)
+    return info.weights_source
+
+
+def time_scoring(score_one: Callable[[np.ndarray], tuple], warmup_paths: Sequence[Path], test_paths: Sequence[Path]):
+    """Decode the test images, warm up on `warmup_paths`, then time `score_one` once per test image.
+
+    `score_one(image)` returns (image score, HxW map, per-stage ms or None). Returns a dict with `scores` (N,),
+    `maps` (N, H, W) float32, wall `ms` and `cpu_ms` per image, and `stages_ms` (median per stage, if any).
+    """
+    from inspector.data import read_image
+
+    images = [read_image(p) for p in test_paths]
+    warmup = [read_image(p) for p in warmup_paths]
+    results, ms, cpu_ms = time_each(score_one, images, warmup)
+    stages = [r[2] for r in results if r[2]]
+    return {
+        "scores": np.array([r[0] for r in results], dtype=np.float64),
+        "maps": np.stack([r[1] for r in results]).astype(np.float32, copy=False),
+        "ms": ms,
+        "cpu_ms": cpu_ms,
+        "stages_ms": {k: float(np.median([t[k] for t in stages])) for k in stages[0]} if stages else {},
+    }
+
+
+def forward_stage_ms(score_one: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], backbone: Any,
+                     map_generator: Any) -> dict[str, float]:  # fmt: skip
+    """Median ms per stage of a torch model's scoring, from forward hooks, in a separate (untimed) pass.
+
+    preprocess: until `backbone` starts; features: `backbone`; search: from the backbone's end until
+    `map_generator` starts; postprocess: `map_generator` and anything after it.
+    """
+    stamps: dict[str, float] = {}
+
+    def mark(name: str):
+        return lambda *_: stamps.__setitem__(name, time.perf_counter())  # returns None: output unchanged
+
+    handles = [
+        backbone.register_forward_pre_hook(mark("features_start")),
+        backbone.register_forward_hook(mark("features_end")),
+        map_generator.register_forward_pre_hook(mark("map_start")),
+    ]
+    rows = []
+    try:
+        for image in images:
+            start = time.perf_counter()
+            score_one(image)
+            end = time.perf_counter()
+            rows.append(
+                {
+                    "preprocess": stamps["features_start"] - start,
+                    "features": stamps["features_end"] - stamps["features_start"],
+                    "search": stamps["map_start"] - stamps["features_end"],
+                    "postprocess": end - stamps["map_start"],
+                }
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: float(np.median([r[k] for r in rows])) * 1e3 for k in rows[0]}

@@ -1,0 +1,347 @@
+"""PatchCore side by side: inspector's PatchCore vs anomalib 2.7.0's `PatchcoreModel`, same data, same backbone.
+
+What it measures, per tool, on one MVTec-layout category (default: magnetic_tile):
+
+* image AUROC, pixel AUROC and AUPRO (FPR limit 0.3), all computed here with `inspector.metrics` on anomaly
+  maps at 256x256 against ground-truth masks resized to 256x256 (nearest, > 127);
+* median milliseconds per test image at batch 1: from the decoded RGB uint8 image (any size) to image score +
+  256x256 anomaly map, resize and normalisation included, after a few warm-up images;
+* fit wall seconds and the peak RSS of the process at the end of fit (getrusage ru_maxrss). Each tool fits and
+  scores in its own freshly spawned process, so the memory numbers are per tool.
+
+Common settings: backbone tf_efficientnet_lite0 with the offline ImageNet weights inspector ships with (stages
+blocks.2 and blocks.4: 40 ch @ stride 8 and 112 ch @ stride 16), images resized to 256x256 with no crop (the
+same `inspector.features.preprocess.Preprocessing` resize for both tools), 1% coreset, batch 8 for fitting,
+2 threads (torch.set_num_threads, cv2.setNumThreads and OMP/MKL/OpenBLAS environment). All images are decoded
+with `inspector.data.read_image`.
+
+inspector: `create_model("patchcore", backbone=..., layers=(2, 3), image_size=256, coreset_ratio=0.01,
+threads=2, batch_size=8)`, then `fit(train_paths)` and `score([image])` (its default runtime, onnxruntime).
+
+anomalib (2.7.0, torch model only, no Lightning), the calls made:
+
+1. `PatchcoreModel(layers=["blocks.2", "blocks.4"], backbone="tf_efficientnet_lite0", pre_trained=False,
+   num_neighbors=9)`. 2.7.0's constructor has no coreset ratio; the ratio goes to `subsample_embedding`.
+   `TimmFeatureExtractor` maps the names through timm's feature_info modules to out_indices [2, 3].
+2. `model.feature_extractor.feature_extractor.load_state_dict(state, strict=True)`, where `state` is
+   `inspector.features.backbones.load_backbone("tf_efficientnet_lite0", (2, 3))[0].state_dict()`.
+3. Fit as the Lightning module's `training_step` + `fit()` do: `model.train()`, `model(batch)` per batch of 8
+   (appends to `model.embedding_store`), then `model.subsample_embedding(0.01)` (vstack of the store into
+   `memory_bank`, then `KCenterGreedy` with a `SparseRandomProjection(eps=0.9)`). The timed fit includes
+   building the model and loading the weights, as inspector's `fit()` does.
+4. Score: `model.eval()`, then under `torch.inference_mode()` `model(x)` returns an `InferenceBatch`; we use
+   its `pred_score` (the paper's reweighted image score, num_neighbors=9) and `anomaly_map` (patch distances,
+   nearest-upsampled to 256x256 and Gaussian-blurred with sigma 4 inside the torch model). Input `x` is the
+   same float32 0..255 NCHW batch inspector's network gets, scaled as the weights expect: (x/255 - 0.5) / 0.5.
+
+Run (the full run takes well over an hour on 2 cores, nearly all of it in anomalib's coreset selection):
+
+    PYTHONPATH=src python scripts/bench_patchcore.py --json /tmp/bench_patchcore.json
+    PYTHONPATH=src python scripts/bench_patchcore.py --limit-train 60 --limit-test 60   # quick trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from _bench_common import (
+    DEFAULT_DATA_ROOT,
+    cpu_seconds,
+    current_rss_mib,
+    limit_threads,
+    list_dataset,
+    load_average,
+    load_masks,
+    load_offline_weights,
+    machine_info,
+    markdown_table,
+    package_version,
+    peak_rss_mib,
+    run_isolated,
+    source_digest,
+    summarize_ms,
+    time_each,
+    write_json,
+)
+from inspector.metrics import aupro, auroc, pixel_auroc  # imported up front: the run outlasts later edits to src
+
+BACKBONE = "tf_efficientnet_lite0"
+INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
+ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
+WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
+AUPRO_FPR_LIMIT = 0.3
+TOOLS = ("inspector", "anomalib")
+
+
+@dataclass(frozen=True)
+class Config:
+    image_size: int = 256
+    coreset_ratio: float = 0.01
+    num_neighbors: int = 9
+    threads: int = 2
+    batch_size: int = 8
+    warmup: int = 5
+    seed: int = 0
+
+
+# ---- child processes: one per tool ----------------------------------------------------------------------
+
+
+def run_inspector(train: list[Path], test: list[Path], cfg: Config) -> dict:
+    """Fit and score inspector's PatchCore (runs in its own process)."""
+    import cv2  # noqa: F401  (imported so limit_threads can set its pool)
+    import torch  # noqa: F401
+
+    limit_threads(cfg.threads)
+    from inspector.models import create_model
+
+    model = create_model(
+        "patchcore", backbone=BACKBONE, layers=INSPECTOR_LAYERS, image_size=cfg.image_size,
+        coreset_ratio=cfg.coreset_ratio, threads=cfg.threads, batch_size=cfg.batch_size, seed=cfg.seed,
+    )  # fmt: skip
+    rss_before, cpu_before = current_rss_mib(), cpu_seconds()
+    start = time.perf_counter()
+    model.fit(train, progress=False)
+    fit = {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": cpu_seconds() - cpu_before,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_fit_mib": rss_before,
+        "features_seconds": model.fit_info_["features_seconds"],
+        "coreset_seconds": model.fit_info_["coreset_seconds"],
+        "bank_size": model.fit_info_["bank_size"],
+        "runtime": model._runner.name,
+    }
+
+    def score_one(image: np.ndarray) -> tuple[float, np.ndarray, dict]:
+        result = model.score([image])
+        return float(result.scores[0]), result.maps[0], result.timings_ms
+
+    return {**score_test_set(score_one, train, test, cfg), "fit": fit}
+
+
+def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
+    """Fit and score anomalib's PatchcoreModel without Lightning (runs in its own process)."""
+    import cv2  # noqa: F401
+    import torch
+
+    limit_threads(cfg.threads)
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    from inspector.data import read_image
+    from inspector.features.preprocess import Preprocessing
+
+    preprocess = Preprocessing((cfg.image_size, cfg.image_size))
+
+    def to_input(images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(preprocess(images))  # (B, 3, H, W) float32 0..255, as inspector's network gets
+        return (batch / 255.0 - WEIGHTS_MEAN) / WEIGHTS_STD
+
+    torch.manual_seed(cfg.seed)  # KCenterGreedy's random start
+    np.random.seed(cfg.seed)  # SparseRandomProjection's sklearn sampling
+    rss_before, cpu_before = current_rss_mib(), cpu_seconds()
+    start = time.perf_counter()
+    model = PatchcoreModel(
+        layers=list(ANOMALIB_LAYERS), backbone=BACKBONE, pre_trained=False, num_neighbors=cfg.num_neighbors
+    )
+    weights = load_offline_weights(model.feature_extractor, BACKBONE, INSPECTOR_LAYERS)
+    model.train()
+    built = time.perf_counter()
+    for i in range(0, len(train), cfg.batch_size):
+        model(to_input([read_image(p) for p in train[i : i + cfg.batch_size]]))
+    n_patches = sum(len(e) for e in model.embedding_store)
+    embedded = time.perf_counter()
+    model.subsample_embedding(cfg.coreset_ratio)
+    end = time.perf_counter()
+    model.eval()
+    fit = {
+        "seconds": end - start,
+        "cpu_seconds": cpu_seconds() - cpu_before,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_fit_mib": rss_before,
+        "build_seconds": built - start,
+        "features_seconds": embedded - built,
+        "coreset_seconds": end - embedded,
+        "bank_size": len(model.memory_bank),
+        "patches_seen": n_patches,
+        "weights_source": weights,
+        "weights_module": "PatchcoreModel.feature_extractor.feature_extractor",
+    }
+
+    def score_one(image: np.ndarray) -> tuple[float, np.ndarray, None]:
+        with torch.inference_mode():
+            out = model(to_input([image]))
+        return float(out.pred_score[0]), out.anomaly_map[0, 0].numpy(), None
+
+    scored = score_test_set(score_one, train, test, cfg)
+    scored["stages_ms"] = anomalib_stage_ms(model, score_one, [read_image(p) for p in test[:30]])
+    return {**scored, "fit": fit}
+
+
+def score_test_set(score_one, train: list[Path], test: list[Path], cfg: Config) -> dict:
+    """Decode all test images, warm up on a few training images, then time `score_one` per test image.
+
+    `score_one(image)` returns (image score, 256x256 map, per-stage ms or None).
+    """
+    from inspector.data import read_image
+
+    images = [read_image(p) for p in test]
+    warmup = [read_image(p) for p in train[: cfg.warmup]]
+    results, ms, cpu_ms = time_each(score_one, images, warmup)
+    stages = [r[2] for r in results if r[2]]
+    return {
+        "scores": np.array([r[0] for r in results], dtype=np.float64),
+        "maps": np.stack([r[1] for r in results]).astype(np.float32, copy=False),
+        "ms": ms,
+        "cpu_ms": cpu_ms,
+        "stages_ms": {k: float(np.median([t[k] for t in stages])) for k in stages[0]} if stages else {},
+    }
+
+
+def anomalib_stage_ms(model, score_one, images: list[np.ndarray]) -> dict[str, float]:
+    """Median ms per stage of anomalib's scoring, from forward hooks, in a separate (untimed) pass.
+
+    preprocess: until the backbone starts; features: the timm backbone; search: pooling, embedding, nearest
+    neighbours and the reweighted image score; postprocess: upsampling + blur of the map, and the rest.
+    """
+    stamps: dict[str, float] = {}
+
+    def mark(name: str):
+        return lambda *_: stamps.__setitem__(name, time.perf_counter())  # returns None: output unchanged
+
+    handles = [
+        model.feature_extractor.register_forward_pre_hook(mark("features_start")),
+        model.feature_extractor.register_forward_hook(mark("features_end")),
+        model.anomaly_map_generator.register_forward_pre_hook(mark("map_start")),
+    ]
+    rows = []
+    for image in images:
+        start = time.perf_counter()
+        score_one(image)
+        end = time.perf_counter()
+        rows.append(
+            {
+                "preprocess": stamps["features_start"] - start,
+                "features": stamps["features_end"] - stamps["features_start"],
+                "search": stamps["map_start"] - stamps["features_end"],
+                "postprocess": end - stamps["map_start"],
+            }
+        )
+    for handle in handles:
+        handle.remove()
+    return {k: float(np.median([r[k] for r in rows])) * 1e3 for k in rows[0]}
+
+
+# ---- parent: evaluation and report ----------------------------------------------------------------------
+
+
+def evaluate(result: dict, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    return {
+        "image_auroc": auroc(labels, result["scores"]),
+        "pixel_auroc": pixel_auroc(masks, result["maps"]),
+        "aupro": aupro(masks, result["maps"], AUPRO_FPR_LIMIT),
+    }
+
+
+def tool_label(tool: str, result: dict) -> str:
+    if tool == "inspector":
+        return f"inspector {package_version('inspector') or 'src'} ({result['fit']['runtime']})"
+    return f"anomalib {package_version('anomalib')} PatchcoreModel (torch)"
+
+
+SUMMARY_COLUMNS = {
+    "image AUROC": lambda r: f"{r['metrics']['image_auroc']:.4f}",
+    "pixel AUROC": lambda r: f"{r['metrics']['pixel_auroc']:.4f}",
+    f"AUPRO@{AUPRO_FPR_LIMIT}": lambda r: f"{r['metrics']['aupro']:.4f}",
+    "median ms/img": lambda r: f"{r['ms_summary']['median']:.1f}",
+    "fit s": lambda r: f"{r['fit']['seconds']:.1f}",
+    "peak RSS MiB (fit)": lambda r: f"{r['fit']['peak_rss_mib']:.0f}",
+}
+DETAIL_COLUMNS = {
+    "bank": lambda r: f"{r['fit']['bank_size']}",
+    "fit: features s": lambda r: f"{r['fit']['features_seconds']:.1f}",
+    "fit: coreset s": lambda r: f"{r['fit']['coreset_seconds']:.1f}",
+    "fit CPU s": lambda r: f"{r['fit']['cpu_seconds']:.1f}",
+    "RSS before fit MiB": lambda r: f"{r['fit']['rss_before_fit_mib']:.0f}",
+    "CPU ms/img": lambda r: f"{r['cpu_ms_summary']['median']:.1f}",
+    **{
+        f"ms: {stage}": lambda r, stage=stage: f"{r['stages_ms'][stage]:.1f}"
+        for stage in ("preprocess", "features", "search", "postprocess")
+    },
+}
+
+
+def print_report(results: dict[str, dict]) -> None:
+    """The summary table (one row per tool), then where the time and memory go."""
+    summary = [[tool_label(tool, r), *(cell(r) for cell in SUMMARY_COLUMNS.values())] for tool, r in results.items()]
+    print(markdown_table(["tool", *SUMMARY_COLUMNS], summary), end="\n\n")
+    detail = [[tool, *(cell(r) for cell in DETAIL_COLUMNS.values())] for tool, r in results.items()]
+    print(markdown_table(["tool", *DETAIL_COLUMNS], detail))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="folder holding the category")
+    parser.add_argument("--category", default="magnetic_tile")
+    parser.add_argument("--limit-train", type=int, default=None, help="use N training images (evenly spread)")
+    parser.add_argument("--limit-test", type=int, default=None, help="use N test images (evenly spread)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--threads", type=int, default=Config.threads)
+    parser.add_argument("--warmup", type=int, default=Config.warmup, help="untimed warm-up images per tool")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write all numbers here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = Config(threads=args.threads, warmup=args.warmup)
+    limit_threads(cfg.threads)  # environment inherited by the spawned children
+    source_at_start = source_digest("inspector")
+    train, test = list_dataset(args.data_root, args.category, args.limit_train, args.limit_test)
+    labels = np.array([s.is_defect for s in test])
+    masks = load_masks(test, (cfg.image_size, cfg.image_size))
+    test_paths = [s.path for s in test]
+    print(f"{args.category}: {len(train)} train, {len(test)} test ({labels.sum()} defective); "
+          f"{cfg.threads} threads", file=sys.stderr)  # fmt: skip
+
+    runners = {"inspector": run_inspector, "anomalib": run_anomalib}
+    results: dict[str, dict] = {}
+    for tool in args.tools:
+        print(f"[{tool}] fitting and scoring in a fresh process ...", file=sys.stderr, flush=True)
+        load_before = load_average()
+        result = run_isolated(runners[tool], train, test_paths, cfg)
+        result["load_average"] = {"before": load_before, "after": load_average()}
+        result["metrics"] = evaluate(result, labels, masks)
+        result["ms_summary"] = summarize_ms(result["ms"])
+        result["cpu_ms_summary"] = summarize_ms(result["cpu_ms"])
+        results[tool] = result
+        print(f"[{tool}] fit {result['fit']['seconds']:.1f} s, {result['metrics']}", file=sys.stderr, flush=True)
+
+    print_report(results)
+    if args.json:
+        config = {**asdict(cfg), "backbone": BACKBONE, "inspector_layers": INSPECTOR_LAYERS,
+                  "anomalib_layers": ANOMALIB_LAYERS, "aupro_fpr_limit": AUPRO_FPR_LIMIT}  # fmt: skip
+        dataset = {
+            "root": args.data_root,
+            "category": args.category,
+            "n_train": len(train),
+            "n_test": len(test),
+            "n_defective": int(labels.sum()),
+            "test_images": [str(s.path.relative_to(args.data_root)) for s in test],
+            "labels": labels.astype(int),
+        }
+        per_tool = {tool: {k: v for k, v in r.items() if k != "maps"} for tool, r in results.items()}
+        data = {"benchmark": "patchcore", "config": config, "machine": machine_info(), "dataset": dataset,
+                "inspector_source_sha256": source_at_start, "results": per_tool}  # fmt: skip
+        print(f"wrote {write_json(args.json, data)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

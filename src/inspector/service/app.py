@@ -1,0 +1,163 @@
+"""The app factory (`create_app(settings)`) and `serve`, which `inspector serve` runs.
+
+Start-up order: the store opens (and deletes files a crash left without a record), the HTTP server starts
+answering /healthz, models load and warm up in a thread, then /readyz turns ready. A maintenance task applies
+retention every `store.maintenance_interval_s`. Shutdown lets admitted inspections finish and commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inspector import __version__
+from inspector.runtime import cpu_threads
+from inspector.service import events
+from inspector.service.config import LOOPBACK, Settings
+from inspector.service.errors import ServiceError
+from inspector.service.inference import Inspector, ModelRegistry
+from inspector.service.metrics import ServiceMetrics
+from inspector.service.routers import inspect, inspections, models, system
+from inspector.service.store import InspectionStore
+
+log = logging.getLogger("inspector.service")
+DEFAULT_WEB_DIR = Path(__file__).resolve().parents[3] / "web"  # a source checkout's web/
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A configured service; models load when the app starts (lifespan), not here."""
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = InspectionStore(settings.store)
+        threads = settings.threads or max(1, cpu_threads(None) // settings.workers)
+        registry = ModelRegistry(settings.models, threads, settings.warmup_runs)
+        inspector = app.state.inspector = Inspector(settings, registry, store, metrics)
+        background = asyncio.create_task(_start_and_maintain(inspector))
+        try:
+            yield
+        finally:
+            background.cancel()
+            await asyncio.to_thread(inspector.queue.shutdown)
+            store.close()
+
+    app = FastAPI(title="inspector", version=__version__, lifespan=lifespan,
+                  description="Line-side visual inspection: POST an image to /v1/inspect, get pass/fail, score, "
+                  "defect regions and a heatmap. Keys: `X-API-Key` (camera or operator).")  # fmt: skip
+    app.state.settings = settings
+    app.state.events = events.Broadcaster()
+    for module in (inspect, inspections, models, system, events):
+        app.include_router(module.router)
+    app.add_exception_handler(ServiceError, _service_error(metrics))
+    app.add_exception_handler(Exception, _internal_error(metrics))
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    web = settings.web_dir or DEFAULT_WEB_DIR
+    if (web / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=web, html=True), name="web")
+    return app
+
+
+async def _start_and_maintain(inspector: Inspector) -> None:
+    """Clean up after a crash, load and warm the models, then apply retention periodically. The clean-up runs
+    before any model is loaded, so no inspection can be writing files it would take for orphans."""
+    store = inspector.store
+    removed = await asyncio.to_thread(store.cleanup_orphans)
+    if removed:
+        log.warning("removed %d files of inspections that were never committed (previous run crashed)", removed)
+    try:
+        await asyncio.to_thread(inspector.registry.load_all)
+    except Exception:
+        log.exception("the service cannot become ready")
+        return
+    inspector.publish_models()
+    log.info("ready: %s", ", ".join(inspector.registry.entries))
+    while True:
+        try:
+            deleted = await asyncio.to_thread(store.enforce_retention)
+        except Exception:  # a failed pass must not end retention for the months the service runs
+            log.exception("retention pass failed; retrying in %s s", store.settings.maintenance_interval_s)
+        else:
+            if deleted:
+                inspector.metrics.retention_deleted.inc(deleted)
+                log.info("retention deleted %d inspections", deleted)
+        inspector.publish_store_stats()
+        await asyncio.sleep(store.settings.maintenance_interval_s)
+
+
+def _service_error(metrics: ServiceMetrics):
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        metrics.errors.labels(exc.reason).inc()
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    return handle
+
+
+def _internal_error(metrics: ServiceMetrics):
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        metrics.errors.labels("internal").inc()
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
+
+    return handle
+
+
+class RequestMetrics:
+    """Counts requests by method, route template (not the raw path: ids would explode the label set), status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+
+
+def bind_host(settings: Settings) -> str:
+    """Where to listen: without any API key, loopback only unless `allow_remote_without_keys`."""
+    if settings.has_keys or settings.allow_remote_without_keys or settings.host in LOOPBACK:
+        return settings.host
+    log.warning("no API keys configured: listening on 127.0.0.1 instead of %s. Set INSPECTOR_CAMERA_KEY and "
+                "INSPECTOR_OPERATOR_KEY (or camera_key/operator_key in the config), or allow_remote_without_keys: "
+                "true to accept unauthenticated requests from the network.", settings.host)  # fmt: skip
+    return "127.0.0.1"
+
+
+def serve(settings: Settings) -> None:
+    """Run the service until interrupted (uvicorn, one process: the models live in this process's memory)."""
+    from inspector.modeldir import read_manifest
+
+    logging.getLogger("inspector").setLevel(settings.log_level.upper())
+    for spec in settings.models:
+        read_manifest(spec.dir, verify=False)  # fail now, not after the server started, on a wrong path
+    host = bind_host(settings)
+    keys = [role for role, key in (("camera", settings.camera_key), ("operator", settings.operator_key)) if key]
+    log.info("inspector %s serving %s on http://%s:%d; store %s; auth: %s", __version__,
+                ", ".join(f"{m.name}={m.dir}" for m in settings.models), host, settings.port,
+                settings.store.dir, f"{' and '.join(keys)} key set" if keys else "OFF (no keys)")  # fmt: skip
+    events.run(create_app(settings), host=host, port=settings.port, log_level=settings.log_level,
+               access_log=settings.access_log, timeout_graceful_shutdown=10)  # fmt: skip

@@ -1,0 +1,204 @@
+"""Service settings: built-in defaults < one config file (YAML or TOML) < INSPECTOR_* environment < flags.
+
+Every key, its environment variable and its default are described once, on the pydantic fields below; the
+`inspector serve --help` epilog and configs/service.example.yaml are written from the same descriptions.
+API keys are `SecretStr`, so printing or logging the settings never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "INSPECTOR_"
+CONFIG_ENV = "INSPECTOR_SERVICE_CONFIG"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ServiceConfigError(ValueError):
+    """A service config file or override that cannot be read or is invalid; the message says which key."""
+
+
+class ModelSpec(BaseModel):
+    """One model to serve: a fitted model directory and the name clients use for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: Path
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.name:
+            self.name = Path(self.dir).name
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """`models/bottle` or `bottle=models/bottle_v2`, as given on the command line or in the environment."""
+        name, sep, path = text.partition("=")
+        return cls(dir=Path(path), name=name) if sep else cls(dir=Path(text))
+
+
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dir: Path = Field(Path("inspections"), description="folder for the SQLite database and the image/map files")
+    synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="SQLite fsync policy: full survives power loss; normal survives kill -9 but may lose the "
+        "last commits on power loss",
+    )
+    retention_days: float | None = Field(90.0, gt=0, description="delete inspections older than this (null: keep)")
+    max_disk_mb: float | None = Field(
+        10240.0, gt=0, description="disk budget for records and files; oldest deleted beyond it (null: no budget)"
+    )
+    min_free_disk_mb: float = Field(
+        1024.0, ge=0, description="refuse new inspections (503) while the disk has less free space than this"
+    )
+    keep_reviewed: bool = Field(
+        True, description="age retention spares operator-reviewed records (the disk budget still applies)"
+    )
+    maintenance_interval_s: float = Field(60.0, gt=0, description="seconds between retention passes")
+
+
+class Settings(BaseModel):
+    """Everything `inspector serve` reads. Keys nest as in the file: `store.dir`, `store.max_disk_mb`, ..."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    models: list[ModelSpec] = Field(
+        default_factory=list,
+        description="models to serve: list of {dir, name}; env/flags take DIR or NAME=DIR (env: separated by ':')",
+    )
+    camera_key: SecretStr | None = Field(None, description="API key for cameras: inspect and read records")
+    operator_key: SecretStr | None = Field(
+        None, description="API key for operators: everything, incl. review, calibration and reload"
+    )
+    allow_remote_without_keys: bool = Field(
+        False, description="without any key the service binds to loopback only unless this is true"
+    )
+    workers: int = Field(1, ge=1, le=64, description="inference threads working on the queue")
+    threads: int | None = Field(None, ge=1, description="CPU threads per worker (default: cores / workers)")
+    queue_size: int = Field(
+        4, ge=0, description="requests allowed to wait for a worker; beyond it 503 at once (each adds ~1 inference)"
+    )
+    warmup_runs: int = Field(3, ge=0, description="dummy inferences per model before /readyz turns ready")
+    max_image_mb: float = Field(20.0, gt=0, description="largest accepted upload, in MiB (413 beyond)")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, width x height (413 beyond)")
+    max_regions: int = Field(50, ge=0, description="at most this many defect regions per inspection, highest first")
+    require_calibration: bool = Field(
+        False, description="answer 409 for a model without a valid calibration instead of verdict null"
+    )
+    web_dir: Path | None = Field(None, description="static web UI served at / when it holds index.html")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    access_log: bool = Field(False, description="log every HTTP request (uvicorn access log)")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.split(os.pathsep) if v]
+        if isinstance(value, list):
+            return [ModelSpec.parse(v) if isinstance(v, (str, Path)) else v for v in value]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}; name them with NAME=DIR")
+        return value
+
+    @property
+    def has_keys(self) -> bool:
+        return self.camera_key is not None or self.operator_key is not None
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 1024 * 1024)
+
+
+def env_name(path: tuple[str, ...]) -> str:
+    """The environment variable for a settings key: store.dir -> INSPECTOR_STORE_DIR."""
+    return ENV_PREFIX + "_".join(path).upper()
+
+
+def _fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += _fields(annotation, (*prefix, name))
+        else:
+            out.append(((*prefix, name), field))
+    return out
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or TOML (.toml) config file as a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ServiceConfigError(f"cannot read service config {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ServiceConfigError(f"service config {path} must be a mapping of settings")
+    return data
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        node = data.get(key)
+        if not isinstance(node, dict):
+            node = data[key] = {}
+        data = node
+    data[path[-1]] = value
+
+
+def load_settings(
+    config: Path | None = None, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Defaults < `config` (or $INSPECTOR_SERVICE_CONFIG) < INSPECTOR_* variables < `overrides` (dotted keys)."""
+    env = os.environ if env is None else env
+    config = config or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    data = read_settings_file(config) if config else {}
+    for path, _ in _fields(Settings):
+        value = env.get(env_name(path))
+        if value is not None and value != "":
+            _set(data, path, None if value.lower() in ("null", "none") else value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, tuple(key.split(".")), value)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        source = f" (file {config})" if config else ""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ServiceConfigError(f"invalid service settings{source}: {problems}") from exc
+
+
+def settings_help() -> str:
+    """The config keys, their environment variables and defaults, for `inspector serve --help`."""
+    lines = [
+        "configuration: --config FILE (YAML or TOML; or $INSPECTOR_SERVICE_CONFIG) < environment < flags.",
+        "Example: configs/service.example.yaml. Keys (environment variable, default):",
+    ]
+    for path, field in _fields(Settings):
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default is None or default == [] else default
+        lines.append(f"  {'.'.join(path):<28} {env_name(path)} (default {shown})")
+        lines.append(f"      {field.description}")
+    lines.append("Without camera_key/operator_key the service binds to 127.0.0.1 (see allow_remote_without_keys).")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The served models: what is loaded, its calibrations, switching calibration and reloading, all at run time."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+from fastapi.concurrency import run_in_threadpool
+
+from inspector.calibration import Calibration, list_calibrations
+from inspector.calibration.store import model_fingerprint
+from inspector.service import auth
+from inspector.service.inference import LoadedModel
+from inspector.service.routers import InspectorDep
+from inspector.service.schemas import ActivateCalibration, CalibrationInfo, ErrorBody, ModelInfo, ReloadRequest
+
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["models"],
+    dependencies=[auth.camera],
+    responses={**auth.RESPONSES, 404: {"model": ErrorBody, "description": "model not loaded"}},
+)
+
+
+@router.get("", response_model=list[ModelInfo])
+def list_models(inspector: InspectorDep) -> list[ModelInfo]:
+    return [model_info(e) for e in inspector.registry.entries.values()]
+
+
+@router.get("/{name}", response_model=ModelInfo)
+def get_model(name: str, inspector: InspectorDep) -> ModelInfo:
+    return model_info(inspector.registry.get(name))
+
+
+@router.get("/{name}/calibrations", response_model=list[CalibrationInfo])
+def get_calibrations(name: str, inspector: InspectorDep) -> list[CalibrationInfo]:
+    """Every calibration made for the model, oldest first; `stale` ones belong to an earlier fit."""
+    entry = inspector.registry.get(name)
+    current = model_fingerprint(entry.dir)
+    active = entry.calibration.name if entry.calibration else None
+    return [calibration_info(c, c.name == active, bool(c.model_fingerprint) and c.model_fingerprint != current)
+            for c in list_calibrations(entry.dir)]  # fmt: skip
+
+
+@router.put("/{name}/calibration", response_model=ModelInfo, dependencies=[auth.operator],
+            responses={409: {"model": ErrorBody, "description": "calibration is stale"}})  # fmt: skip
+def activate(name: str, body: ActivateCalibration, inspector: InspectorDep) -> ModelInfo:
+    """Make an archived calibration the active one; the next inspection is judged by it (no restart)."""
+    entry = inspector.registry.activate(name, body.name)
+    inspector.publish_models()
+    return model_info(entry)
+
+
+@router.post("/reload", response_model=list[ModelInfo], dependencies=[auth.operator],
+             responses={409: {"model": ErrorBody, "description": "reload failed or already running"}})  # fmt: skip
+async def reload(inspector: InspectorDep, body: Annotated[ReloadRequest | None, Body()] = None) -> list[ModelInfo]:
+    """Load the model directory again (after a re-fit or calibrate), warm it up and swap it in. Requests keep
+    being served by the old model meanwhile and in-flight ones finish on it; a failed load changes nothing."""
+    names = [body.model] if body and body.model else list(inspector.registry.specs)
+    entries = [await run_in_threadpool(inspector.registry.reload, name) for name in names]
+    inspector.publish_models()
+    return [model_info(e) for e in entries]
+
+
+def calibration_info(c: Calibration, active: bool, stale: bool = False) -> CalibrationInfo:
+    return CalibrationInfo(name=c.name, rule=c.rule, image_threshold=c.image_threshold,
+                           pixel_threshold=c.pixel_threshold, review_band=c.review_band, created=c.created,
+                           active=active, stale=stale)  # fmt: skip
+
+
+def model_info(e: LoadedModel) -> ModelInfo:
+    fit, data = e.model.fit_info_, e.model.data_info_
+    return ModelInfo(name=e.name, kind=e.model.kind, version=e.version, dir=str(e.dir),
+                     input_size=e.model.preprocessing_.input_size, fitted_at=fit.get("fitted_at"),
+                     category=data.get("category"), loaded_at=e.loaded_at, calibrated=e.calibration is not None,
+                     calibration=calibration_info(e.calibration, True) if e.calibration else None,
+                     calibration_error=e.calibration_error)  # fmt: skip

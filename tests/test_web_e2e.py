@@ -1,0 +1,373 @@
+"""The operator page (web/) in a real headless Chromium against a live service, and the endpoints it relies on.
+
+The browser tests need Debian's `chromium` at /usr/bin/chromium and the `playwright` Python package (never its
+browser download); without them they skip. `INSPECTOR_SCREENSHOTS=docs/screenshots pytest tests/test_web_e2e.py`
+also writes the screenshots of the documentation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from inspector.calibration import Calibration, save_calibration
+from inspector.data import Dataset, read_image
+from inspector.models import PatchCore
+from inspector.service import events
+from inspector.service.app import create_app
+from inspector.service.config import ModelSpec, Settings, StoreSettings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+WEB = Path(__file__).resolve().parents[1] / "web"
+CAMERA, OPERATOR = "camera-key-e2e", "operator-key-e2e"
+SCREEN = {"width": 1366, "height": 768}  # the line PC
+BAND = (0.9, 1.2)
+
+
+@dataclass
+class Service:
+    url: str
+    model_dir: Path
+    parts: dict[str, Path]  # an image that passes, one for review and one that fails
+
+    def client(self, key: str | None = CAMERA) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=10)
+
+    def inspect(self, kind: str, **params: str) -> dict[str, Any]:
+        with self.client() as c:
+            r = c.post("/v1/inspect", files={"image": ("part.png", self.parts[kind].read_bytes(), "image/png")},
+                       params=params)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def get(self, path: str) -> Any:
+        with self.client(OPERATOR) as c:
+            return c.get(path).raise_for_status().json()
+
+    def active_calibration(self) -> str:
+        return self.get("/v1/models/synthetic")["calibration"]["name"]
+
+
+@pytest.fixture(scope="module")
+def service(
+    fitted_patchcore: PatchCore, dataset: Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """A real server on an ephemeral loopback port, with camera and operator keys, a calibration whose review band
+    holds some test images (so there are pass, review and fail parts) and a stricter one to switch to."""
+    root = tmp_path_factory.mktemp("web")
+    model_dir = root / "synthetic"
+    fitted_patchcore.save(model_dir, data={"category": "synthetic"})
+    samples = dataset.test()
+    scores = fitted_patchcore.score([read_image(s.path) for s in samples]).scores
+    low, high = float(min(scores)), float(max(scores))
+    threshold = (low / BAND[0] + high / BAND[1]) / 2  # lowest score passes, highest fails
+    line = Calibration(image_threshold=threshold, rule="test", name="line", pixel_threshold=threshold, review_band=BAND)
+    strict = Calibration(image_threshold=threshold * 0.9, rule="test", name="strict", review_band=BAND)
+    save_calibration(model_dir, strict, activate=False)
+    save_calibration(model_dir, line)
+    by_score = sorted(zip(scores, samples, strict=True), key=lambda t: t[0])
+    middle = min(by_score, key=lambda t: abs(t[0] - threshold))
+    parts = {"pass": by_score[0][1].path, "review": middle[1].path, "fail": by_score[-1][1].path}
+    assert [line.verdict(s) for s in (by_score[0][0], middle[0], by_score[-1][0])] == ["pass", "review", "fail"]
+
+    settings = Settings(models=[ModelSpec(dir=model_dir)], warmup_runs=1, threads=2, camera_key=CAMERA,
+                        operator_key=OPERATOR, web_dir=WEB, log_level="warning",
+                        store=StoreSettings(dir=root / "store", min_free_disk_mb=0))  # fmt: skip
+    with serving(settings) as (url, _):
+        svc = Service(url, model_dir, parts)
+        for i, sample in enumerate(samples):  # a history to look at: every test image once
+            with svc.client() as c:
+                files = {"image": ("p.png", sample.path.read_bytes(), "image/png")}
+                params = {"part_id": f"A7-{1000 + i}", "line": "L2", "camera": "top"}
+                c.post("/v1/inspect", files=files, params=params).raise_for_status()
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium chromium-driver)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs the playwright package (pip install)", exc_type=ImportError
+    )
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, service: Service) -> Iterator[Any]:
+    """A fresh tab (empty sessionStorage: no key yet) that fails the test on any uncaught script error."""
+    context = browser.new_context(viewport=SCREEN, device_scale_factor=1)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.set_default_timeout(10_000)
+    yield tab
+    context.close()
+    assert not errors, errors
+
+
+# ---- the page -----------------------------------------------------------------------------------------------
+
+
+def unlock(page: Any, url: str, key: str = OPERATOR) -> None:
+    page.goto(url)
+    page.wait_for_selector("#key-dialog[open]")
+    page.fill("#key-form input[name=key]", key)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#connection[data-state=live]")
+
+
+def test_page_loads_offline_and_asks_for_the_operator_key(page: Any, service: Service) -> None:
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(service.url)
+    page.wait_for_selector("#key-dialog[open]")
+    assert "operator key" in page.text_content("#key-reason")
+    page.fill("#key-form input[name=key]", "not-the-key")
+    page.click("#key-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#key-form .form-error').textContent.includes('refused')")
+    page.fill("#key-form input[name=key]", OPERATOR)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#connection[data-state=live]")
+    page.wait_for_selector("#history-strip li[data-id]")
+    assert page.text_content("#model") == "synthetic" and "line" in page.text_content("#calibration")
+    page.wait_for_selector("#counters .tile.total")
+    inspected = int(page.text_content("#counters .tile.total .number").replace(",", ""))
+    assert inspected >= len(service.parts)
+    assert all(u.startswith(service.url) or u.startswith(("blob:", "data:")) for u in requests), requests  # offline
+
+
+def test_a_posted_part_appears_in_the_live_view_with_its_overlay(page: Any, service: Service) -> None:
+    unlock(page, service.url)
+    record = service.inspect("fail", part_id="LIVE-1")
+    start = time.monotonic()
+    page.wait_for_function(
+        """id => {
+            const part = document.querySelector('#live-part');
+            const heat = part.querySelector('img.heat');
+            return part.dataset.id === id && heat.complete && heat.naturalWidth > 0 && !heat.hidden;
+        }""",
+        arg=record["id"],
+        timeout=2000,
+    )
+    assert time.monotonic() - start < 2.0
+    assert "FAIL" in page.text_content("#live-banner").upper()
+    assert page.get_attribute("#live-banner", "data-verdict") == "fail"
+    assert page.locator("#live-part svg.regions rect.box").count() == len(record["regions"]) > 0
+    assert "LIVE-1" in page.text_content("#live-facts")
+    assert f"{record['normalized_score']:.2f}×" in page.text_content("#live-gauge")
+    assert page.get_attribute("#history-strip li:first-child", "data-id") == record["id"]
+    page.uncheck("#heat-on")
+    assert page.locator("#live-part img.heat").is_hidden()
+
+
+def test_review_needs_the_operator_key_and_persists_across_reload(page: Any, service: Service) -> None:
+    record = service.inspect("review", part_id="REV-1")
+    assert record["verdict"] == "review"
+    unlock(page, f"{service.url}/#/review", key=CAMERA)  # a camera key may read, but not review
+    card = page.locator(f"#queue li[data-id='{record['id']}']")
+    card.locator("input[name=note]").fill("burr on the rim")
+    card.locator("button.defect").click()
+    page.wait_for_selector("#key-dialog[open]")
+    assert "operator key" in page.text_content("#key-reason")
+    page.click("#key-form button.cancel")
+    page.wait_for_function("id => document.querySelector(`#queue li[data-id='${id}'] .form-error`).textContent",
+                           arg=record["id"])  # fmt: skip
+    assert service.get(f"/v1/inspections/{record['id']}")["review"] is None
+
+    card.locator("button.defect").click()
+    page.fill("#key-form input[name=key]", OPERATOR)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector(f"#reviewed li[data-id='{record['id']}']")
+    review = service.get(f"/v1/inspections/{record['id']}")["review"]
+    assert review["verdict"] == "defect" and review["note"] == "burr on the rim"
+
+    page.goto(f"{service.url}/#/live/{record['id']}")  # the detail view, after a reload
+    page.reload()
+    page.wait_for_selector("#detail[open]")
+    page.wait_for_function("document.querySelector('#detail-review').textContent.includes('defect')")
+    assert "burr on the rim" in page.text_content("#detail-review")
+    page.wait_for_selector(f"#history-strip li[data-id='{record['id']}'] .review-mark")
+    assert page.locator(f"#queue li[data-id='{record['id']}']").count() == 0
+
+
+def test_switching_calibration_asks_for_the_key_and_a_confirmation(page: Any, service: Service) -> None:
+    unlock(page, f"{service.url}/#/threshold")
+    page.wait_for_selector("#histogram rect.bar")
+    assert page.locator("#histogram line.threshold.active").count() == 1
+    page.click("#calibrations [data-name=strict]")
+    assert page.locator("#histogram line.threshold.preview").count() == 1
+    page.click("#activate")
+    page.wait_for_selector("#confirm-dialog[open]")
+    assert "strict" in page.text_content("#confirm-text")
+    assert page.locator("#confirm-form .key-field").is_visible()
+    page.fill("#confirm-form input[name=key]", CAMERA)
+    page.click("#confirm-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#confirm-form .form-error').textContent.includes('operator')")
+    assert service.active_calibration() == "line"
+    page.click("#confirm-form button.cancel")
+    assert service.active_calibration() == "line"
+    try:
+        page.click("#activate")
+        page.fill("#confirm-form input[name=key]", OPERATOR)
+        page.click("#confirm-form button[type=submit]")
+        page.wait_for_selector("#calibrations [data-name=strict].active")
+        assert service.active_calibration() == "strict"
+        assert "strict" in page.text_content("#calibration")
+    finally:
+        with service.client(OPERATOR) as c:
+            c.put("/v1/models/synthetic/calibration", json={"name": "line"}).raise_for_status()
+
+
+def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp_path: Path) -> None:
+    settings = Settings(models=[ModelSpec(dir=service.model_dir)], warmup_runs=0, threads=1, web_dir=WEB,
+                        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0))  # fmt: skip
+    with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#connection[data-state=live]")
+        with httpx.Client(base_url=url) as c:
+            files = {"image": ("p.png", service.parts["review"].read_bytes(), "image/png")}
+            record = c.post("/v1/inspect", files=files).json()
+            page.wait_for_function("id => document.querySelector('#live-part').dataset.id === id", arg=record["id"])
+            page.click("#live-open")
+            page.click("#review-form button.good")
+            page.wait_for_function("document.querySelector('#detail-review').textContent.includes('good')")
+            assert c.get(f"/v1/inspections/{record['id']}").json()["review"]["verdict"] == "good"
+        assert page.locator("#key-dialog[open]").count() == 0
+
+
+@pytest.mark.skipif(not os.environ.get("INSPECTOR_SCREENSHOTS"), reason="set INSPECTOR_SCREENSHOTS=<folder>")
+def test_screenshots_for_the_documentation(page: Any, service: Service) -> None:
+    out = Path(os.environ["INSPECTOR_SCREENSHOTS"])
+    out.mkdir(parents=True, exist_ok=True)
+    unlock(page, service.url)
+    with service.client(OPERATOR) as c:  # a few decisions, so the review marks show
+        for kind, verdict in (("pass", "good"), ("review", "good"), ("fail", "defect")):
+            rid = service.inspect(kind)["id"]
+            c.post(f"/v1/inspections/{rid}/review", json={"verdict": verdict, "note": "checked", "operator": "ana"})
+    record = service.inspect("fail", part_id="A7-2041")
+    page.wait_for_function("id => document.querySelector('#live-part').dataset.id === id", arg=record["id"])
+    page.wait_for_timeout(300)
+    page.screenshot(path=out / "live.png")
+    page.click(f"#history-strip li[data-id='{record['id']}'] button")
+    page.wait_for_function("[...document.querySelectorAll('#detail img')].every(i => i.complete && i.naturalWidth)")
+    page.screenshot(path=out / "detail.png")
+    page.keyboard.press("Escape")
+    page.goto(f"{service.url}/#/review")
+    page.wait_for_selector("#queue li")
+    page.wait_for_timeout(300)
+    page.screenshot(path=out / "review.png")
+    page.goto(f"{service.url}/#/threshold")
+    page.click("#calibrations [data-name=strict]")
+    page.screenshot(path=out / "threshold.png")
+
+
+# ---- the endpoints the page uses ------------------------------------------------------------------------------
+
+
+def test_events_summary_scores_and_thumbnails(service: Service) -> None:
+    with service.client() as c:
+        for path in ("/v1/events", "/v1/summary?since=2020-01-01T00:00:00Z", "/v1/scores"):
+            assert httpx.get(service.url + path).status_code == 401
+        before = c.get("/v1/summary", params={"since": "2020-01-01T00:00:00Z"}).json()
+        with c.stream("GET", "/v1/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == ": connected"
+            record = service.inspect("fail")
+            with service.client(OPERATOR) as op:
+                op.post(f"/v1/inspections/{record['id']}/review", json={"verdict": "defect"}).raise_for_status()
+            received = [read_event(lines), read_event(lines)]
+        assert [(kind, data["id"]) for kind, data in received] == [("inspection", record["id"]),
+                                                                  ("review", record["id"])]  # fmt: skip
+        assert received[0][1]["verdict"] == "fail" and received[1][1]["review"]["verdict"] == "defect"
+
+        after = c.get("/v1/summary", params={"since": "2020-01-01T00:00:00Z", "model": "synthetic"}).json()
+        assert after["inspected"] == before["inspected"] + 1 == sum(after["verdicts"].values())
+        assert after["verdicts"]["fail"] == before["verdicts"]["fail"] + 1
+        assert after["reviewed"] == before["reviewed"] + 1 and after["per_minute"] > 0
+        open_reviews = c.get("/v1/inspections", params={"verdict": "review", "reviewed": False, "limit": 500})
+        assert after["review_open"] == len(open_reviews.json()["items"])
+        future = c.get("/v1/summary", params={"since": "2999-01-01T00:00:00Z"}).json()
+        assert future["inspected"] == 0 and set(future["verdicts"]) == {"pass", "review", "fail", "none"}
+
+        scores = c.get("/v1/scores", params={"limit": 3}).json()
+        assert scores["model"] == "synthetic" and len(scores["points"]) == 3
+        assert scores["points"][0] == {"score": pytest.approx(record["score"]), "review": "defect"}
+
+        thumb = c.get(f"/v1/inspections/{record['id']}/thumbnail.jpg", params={"size": 64})
+        image = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
+        assert thumb.headers["content-type"] == "image/jpeg" and max(image.shape[:2]) == 64
+        assert c.get("/v1/inspections/0123456789abcdef01234567/thumbnail.jpg").status_code == 404
+
+
+def read_event(lines: Iterator[str]) -> tuple[str, dict[str, Any]]:
+    """The next event of a server-sent event stream (heartbeat comments skipped)."""
+    kind, data = "", ""
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif not line and data:
+            return kind, json.loads(data)
+    raise AssertionError("event stream ended")
+
+
+def test_stopping_the_server_ends_open_event_streams(service: Service, tmp_path: Path) -> None:
+    settings = Settings(models=[ModelSpec(dir=service.model_dir)], warmup_runs=0, threads=1,
+                        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0))  # fmt: skip
+    with serving(settings) as (url, server), httpx.stream("GET", f"{url}/v1/events", timeout=30) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == ": connected"
+        start = time.monotonic()
+        server.should_exit = True
+        assert not "".join(lines)  # the stream ends, with no event, as the server begins to stop...
+        assert time.monotonic() - start < 5  # ...instead of holding the stop for the graceful timeout
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[tuple[str, events.Server]]:
+    """The app under `events.Server` on a free loopback port in a thread; yields its URL once ready."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = events.Server(create_app(settings), log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(url):
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.05)
+        yield url, server
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
