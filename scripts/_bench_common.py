@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -50,6 +51,24 @@ def limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
     if "cv2" in sys.modules:
         sys.modules["cv2"].setNumThreads(n)
+
+
+def log_termination() -> None:
+    """Say in the log when this run is stopped by SIGTERM/SIGINT/SIGHUP, then exit at once (children included).
+
+    Long benchmarks run in the background; without this a killed run leaves a log that just stops.
+    """
+
+    def stop(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        print(f"\n[bench] stopped by {name} at {datetime.now().isoformat(timespec='seconds')}", file=sys.stderr)
+        sys.stderr.flush()
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
 
 
 def run_isolated(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

@@ -59,6 +59,7 @@ from _bench_common import (
     load_average,
     load_masks,
     load_offline_weights,
+    log_termination,
     machine_info,
     markdown_table,
     package_version,
@@ -300,6 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    log_termination()
     cfg = Config(threads=args.threads, warmup=args.warmup)
     limit_threads(cfg.threads)  # environment inherited by the spawned children
     source_at_start = source_digest("inspector")

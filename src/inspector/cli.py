@@ -26,10 +26,6 @@ class UserError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Idle OpenMP threads (FAISS) otherwise spin after each search and starve onnxruntime, the service's event loop
-    # and the next request on a busy 2-core line PC (p50 search 27 ms passive vs 275 ms spinning, measured under
-    # load). Read once, when faiss is first imported, so it must be set before any command imports it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

