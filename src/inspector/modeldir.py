@@ -41,13 +41,13 @@ def write_model_dir(path: Path, manifest: dict[str, Any], files: dict[str, bytes
         manifest = {**manifest, "format_version": FORMAT_VERSION,
                     "files": {name: sha256_bytes(data) for name, data in files.items()}}  # fmt: skip
         _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if path.exists():
             _exchange(tmp, path)  # tmp now holds the old model
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -98,7 +98,8 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable (the directory entry itself is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from inspector.modeldir import fsync_dir, write_atomic
 from inspector.service.config import StoreSettings
 from inspector.service.errors import Unavailable
 
@@ -139,13 +140,13 @@ class InspectionStore:
         folder = self.files / day
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.files)
+            fsync_dir(self.files)
         image_name = f"{record_id}{image_ext}"
         map_name = f"{record_id}{MAP_SUFFIX}"
         map_bytes = _npy_bytes(amap.astype(np.float16))
-        _write_synced(folder / image_name, image)
-        _write_synced(folder / map_name, map_bytes)
-        _fsync_dir(folder)
+        write_atomic(folder / image_name, image)
+        write_atomic(folder / map_name, map_bytes)
+        fsync_dir(folder)
         return StoredFiles(f"{day}/{image_name}", f"{day}/{map_name}", len(image) + len(map_bytes))
 
     def insert(self, record: dict[str, Any], files: StoredFiles) -> dict[str, Any]:
@@ -305,20 +306,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
