@@ -54,6 +54,7 @@ from _bench_common import (
     DEFAULT_DATA_ROOT,
     cpu_seconds,
     current_rss_mib,
+    forward_stage_ms,
     limit_threads,
     list_dataset,
     load_average,
@@ -181,7 +182,11 @@ def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
         return float(out.pred_score[0]), out.anomaly_map[0, 0].numpy(), None
 
     scored = score_test_set(score_one, train, test, cfg)
-    scored["stages_ms"] = anomalib_stage_ms(model, score_one, [read_image(p) for p in test[:30]])
+    # preprocess: until the backbone starts; features: the timm backbone; search: pooling, embedding, nearest
+    # neighbours and the reweighted image score; postprocess: upsampling + blur of the map, and the rest.
+    scored["stages_ms"] = forward_stage_ms(
+        score_one, [read_image(p) for p in test[:30]], model.feature_extractor, model.anomaly_map_generator
+    )
     return {**scored, "fit": fit}
 
 
@@ -203,40 +208,6 @@ def score_test_set(score_one, train: list[Path], test: list[Path], cfg: Config) 
         "cpu_ms": cpu_ms,
         "stages_ms": {k: float(np.median([t[k] for t in stages])) for k in stages[0]} if stages else {},
     }
-
-
-def anomalib_stage_ms(model, score_one, images: list[np.ndarray]) -> dict[str, float]:
-    """Median ms per stage of anomalib's scoring, from forward hooks, in a separate (untimed) pass.
-
-    preprocess: until the backbone starts; features: the timm backbone; search: pooling, embedding, nearest
-    neighbours and the reweighted image score; postprocess: upsampling + blur of the map, and the rest.
-    """
-    stamps: dict[str, float] = {}
-
-    def mark(name: str):
-        return lambda *_: stamps.__setitem__(name, time.perf_counter())  # returns None: output unchanged
-
-    handles = [
-        model.feature_extractor.register_forward_pre_hook(mark("features_start")),
-        model.feature_extractor.register_forward_hook(mark("features_end")),
-        model.anomaly_map_generator.register_forward_pre_hook(mark("map_start")),
-    ]
-    rows = []
-    for image in images:
-        start = time.perf_counter()
-        score_one(image)
-        end = time.perf_counter()
-        rows.append(
-            {
-                "preprocess": stamps["features_start"] - start,
-                "features": stamps["features_end"] - stamps["features_start"],
-                "search": stamps["map_start"] - stamps["features_end"],
-                "postprocess": end - stamps["map_start"],
-            }
-        )
-    for handle in handles:
-        handle.remove()
-    return {k: float(np.median([r[k] for r in rows])) * 1e3 for k in rows[0]}
 
 
 # ---- parent: evaluation and report ----------------------------------------------------------------------
