@@ -61,11 +61,28 @@ def test_saved_model_scores_identically(fitted_patchcore: PatchCore, dataset: Da
 
 @pytest.mark.parametrize("index", ["hnsw", "ivf"])
 def test_approximate_index_and_reweighting_still_separate_defects(dataset: Dataset, index: str) -> None:
-    model = create_model("patchcore", image_size=SIZE, coreset_ratio=0.1, index=index, reweight=True, embed_dim=64)
+    model = create_model(
+        "patchcore", image_size=SIZE, coreset_ratio=0.1, index=index, image_score="reweighted", embed_dim=64
+    )
     model.fit(dataset.train()[:12], progress=False)
     assert model.memory_bank_.shape[1] == 64
     report, _ = evaluate(model, dataset, progress=False)
     assert report["image_auroc"] >= 0.85
+
+
+def test_image_score_is_the_peak_of_the_heatmap_the_operator_sees(fitted_patchcore, dataset: Dataset) -> None:
+    images = [read_image(s.path) for s in dataset.test()[:4]]
+    result = fitted_patchcore.score(images)
+    np.testing.assert_allclose(result.scores, result.maps.reshape(len(images), -1).max(axis=1), rtol=1e-6)
+    # The paper's raw patch maximum is still there: it is the peak before the map is smoothed, so never lower.
+    fitted_patchcore.image_score = "patch"
+    try:
+        raw = fitted_patchcore.score(images).scores
+    finally:
+        fitted_patchcore.image_score = "map"
+    assert np.all(raw >= result.scores - 1e-4) and np.any(raw > result.scores)
+    with pytest.raises(ValueError, match="image_score must be one of"):
+        PatchCore(image_score="mean")
 
 
 def test_unfitted_model_and_empty_training_set_are_clear_errors() -> None:

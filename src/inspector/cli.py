@@ -158,7 +158,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "backbone": args.backbone, "weights": args.weights, "layers": args.layers, "image_size": args.image_size,
         "crop_size": args.crop_size, "batch_size": args.batch_size, "runtime": args.runtime, "threads": args.threads,
         "seed": args.seed, "coreset_ratio": args.coreset_ratio, "index": args.index, "embed_dim": args.embed_dim,
-        "reweight": args.reweight, "epochs": args.epochs, "n_features": args.n_features, **_set_pairs(args.set),
+        "image_score": args.image_score, "epochs": args.epochs, "n_features": args.n_features, **_set_pairs(args.set),
     }  # fmt: skip
     if args.crop_size == 0:
         overrides["crop_size"] = None
@@ -507,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coreset-ratio", type=float, help="PatchCore: fraction of patches kept in the memory bank")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], help="PatchCore: FAISS index kind (default flat)")
     p.add_argument("--embed-dim", type=int, help="PatchCore: project patch features to this many dimensions")
-    p.add_argument("--reweight", action="store_true", default=None, help="PatchCore: the paper's score re-weighting")
+    p.add_argument("--image-score", choices=["map", "patch", "reweighted"],
+                   help="PatchCore: image score = peak of the smoothed map (default), max patch distance, or the"
+                   " paper's re-weighted max")  # fmt: skip
     p.add_argument("--n-features", type=int, help="PaDiM: random channel subset size")
     p.add_argument("--epochs", type=int, help="FastFlow: training epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other model parameter")

@@ -115,6 +115,10 @@ class AnomalyModel(ABC):
     def _load_state(self, files: dict[str, bytes]) -> None:
         """Restore fitted state from the files `_state` wrote."""
 
+    def _image_scores(self, patch_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        """The image scores to report, given those from `_patch_scores` and the finished maps."""
+        return patch_scores
+
     # ---- estimator API --------------------------------------------------------------------------------
 
     def get_params(self) -> dict[str, Any]:
@@ -160,6 +164,7 @@ class AnomalyModel(ABC):
         scores, patch_maps = self._patch_scores(outputs)
         t3 = time.perf_counter()
         maps = smooth_maps(patch_maps, self.preprocessing_.input_size, self.blur_sigma)
+        scores = self._image_scores(scores, maps)
         t4 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "features": t2 - t1, "search": t3 - t2, "postprocess": t4 - t3}
         return ScoreResult(scores.astype(np.float64), maps, {k: v * 1e3 for k, v in timings.items()})
