@@ -88,7 +88,7 @@ class Padim(AnomalyModel):
             b, d, h, w = embedding.shape
             stats.add(embedding.reshape(b, d, h * w).transpose(0, 2, 1))
         t1 = time.perf_counter()
-        self.inv_cholesky_ = inverse_cholesky(stats.covariance(self.epsilon)).astype(np.float32)
+        self.inv_cholesky_ = inverse_cholesky(stats.covariance(self.epsilon), dtype=np.float32)
         self.mean_ = np.ascontiguousarray(stats.mean.T.reshape(d, h, w), dtype=np.float32)
         t2 = time.perf_counter()
         self._compile()
