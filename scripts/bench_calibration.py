@@ -42,18 +42,24 @@ RULES = ("normal", "fpr")
 
 
 def load_or_fit(cache: Path, data_root: Path, category: str, threads: int):
-    """The cached model when it was fitted with SETTINGS on this category's train/good, else a fresh fit."""
+    """The cached model when it was fitted with these settings (every parameter, defaults included) on this
+    category's train/good by this inspector, else a fresh fit."""
     from inspector.data import Dataset
+    from inspector.modeldir import ModelDirError
     from inspector.models import create_model, load_model
 
     dataset = Dataset(data_root, category)
     train_dir = str(dataset.train_dir.resolve())
+    wanted = create_model("patchcore", threads=threads, **SETTINGS).get_params()
     if (cache / "manifest.json").is_file():
-        model = load_model(cache, threads=threads)
-        params = model.get_params()
-        if all(params[k] == v for k, v in SETTINGS.items()) and model.data_info_.get("train_dir") == train_dir:
-            print(f"using the cached model in {cache}")
-            return model
+        try:
+            model = load_model(cache, threads=threads)
+        except ModelDirError as exc:  # e.g. written by an older inspector
+            print(f"not using the cached model: {exc}")
+        else:
+            if model.get_params() == wanted and model.data_info_.get("train_dir") == train_dir:
+                print(f"using the cached model in {cache}")
+                return model
     print(f"fitting PatchCore on {len(dataset.train())} images of {dataset.train_dir} (cached in {cache})")
     model = create_model("patchcore", threads=threads, **SETTINGS)
     model.fit(dataset.train(), progress=False)
