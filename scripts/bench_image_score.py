@@ -13,7 +13,8 @@ datasets, so the choice is not tuned to one:
   training set; the remaining probability-0 cells (good) and all probability-1 cells (defective) are the test set.
 
 All models: PatchCore defaults (tf_efficientnet_lite0 with offline weights, stages 2+3, 256 px, 1% coreset),
-2 threads. Run (about 5 minutes on 2 cores; `pip install -e ".[bench]"` brings elpv-dataset):
+2 threads. Run (`pip install -e ".[bench]"` brings elpv-dataset; the magnetic_tile fit takes most of the time,
+see docs/benchmarks.md):
 
     python scripts/bench_image_score.py --seeds 0 1 --json /tmp/bench_image_score.json
 """
@@ -44,13 +45,13 @@ def elpv(seed: int) -> Iterator[tuple[str, list, list, np.ndarray]]:
     from elpv_dataset.utils import load_dataset
 
     images, probability, cell_type = load_dataset()
+    rgb = [np.repeat(image[:, :, None], 3, axis=2) for image in images]  # the cells are 8-bit grey
     rng = np.random.default_rng(seed)
     for kind in ("mono", "poly"):
         good = rng.permutation(np.flatnonzero((probability == 0) & (cell_type == kind)))
         defective = np.flatnonzero((probability == 1) & (cell_type == kind))
         test = np.concatenate([good[ELPV_TRAIN:], defective])
         labels = np.r_[np.zeros(len(good) - ELPV_TRAIN), np.ones(len(defective))].astype(int)
-        rgb = [np.repeat(image[:, :, None], 3, axis=2) for image in images]  # the cells are 8-bit grey
         yield f"elpv {kind}", [rgb[i] for i in good[:ELPV_TRAIN]], [rgb[i] for i in test], labels
 
 

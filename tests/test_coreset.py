@@ -41,7 +41,7 @@ def test_greedy_is_within_factor_two_of_any_k_subset() -> None:
 
 def test_streaming_returns_the_requested_fraction_and_bounds_its_pool() -> None:
     rng = np.random.default_rng(4)
-    stream = StreamingCoreset(ratio=0.01, oversample=10, chunk_size=2048, seed=0)
+    stream = StreamingCoreset(ratio=0.01, oversample=10, chunk_size=2048, seed=0, exact_budget_mb=0)
     for _ in range(10):
         stream.add(rng.normal(size=(1024, 32)).astype(np.float32))
         assert stream.pool_size <= 0.1 * stream.n_seen + 2048  # reduced chunks + at most one pending chunk
@@ -53,12 +53,32 @@ def test_streaming_coreset_covers_like_the_one_shot_coreset() -> None:
     rng = np.random.default_rng(5)
     x = np.concatenate([c + rng.normal(size=(400, 8)) for c in rng.normal(scale=10, size=(20, 8))])
     x = x[rng.permutation(len(x))].astype(np.float32)
-    stream = StreamingCoreset(ratio=0.02, chunk_size=1000, projection_dim=None)
+    stream = StreamingCoreset(ratio=0.02, chunk_size=1000, projection_dim=None, exact_budget_mb=0)
     for part in np.array_split(x, 8):
         stream.add(part)
     streamed = _covering_radius(x, stream.finalize())
     one_shot = _covering_radius(x, x[greedy_coreset(x, round(0.02 * len(x)), projection_dim=None)])
     assert streamed <= 2.0 * one_shot
+
+
+def test_within_its_memory_budget_the_stream_is_the_one_shot_coreset() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    stream = StreamingCoreset(ratio=0.02, chunk_size=500, projection_dim=None, seed=7, exact_budget_mb=1.0)
+    for part in np.array_split(x, 6):
+        stream.add(part)
+    assert stream.exact and stream.pool_size == len(x)  # 188 KiB held, under 1 MiB: nothing reduced yet
+    np.testing.assert_array_equal(stream.finalize(), x[greedy_coreset(x, 60, projection_dim=None, seed=7)])
+
+
+def test_past_its_memory_budget_the_stream_reduces_what_it_held() -> None:
+    rng = np.random.default_rng(8)
+    stream = StreamingCoreset(ratio=0.01, chunk_size=1024, seed=0, exact_budget_mb=0.25)  # 0.25 MiB = 2048 x 32
+    stream.add(rng.normal(size=(1500, 32)).astype(np.float32))
+    assert stream.exact
+    stream.add(rng.normal(size=(1500, 32)).astype(np.float32))
+    assert not stream.exact and stream.pool_size < 3000  # two whole chunks reduced, the rest pending
+    assert stream.finalize().shape == (30, 32)
 
 
 def test_rejects_bad_ratio_and_empty_stream() -> None:

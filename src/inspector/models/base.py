@@ -148,7 +148,7 @@ class AnomalyModel(ABC):
             "n_images": len(images),
             "seconds": round(time.perf_counter() - start, 2),
             "peak_rss_mb": round(peak_rss_mb(), 1),
-            **{k: round(v, 2) for k, v in timings.items()},
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
             "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return self

@@ -60,6 +60,7 @@ class PatchCore(AnomalyModel):
         *,
         coreset_ratio: float = 0.01,
         coreset_oversample: float = 10.0,
+        coreset_budget_mb: float | None = 512.0,
         embed_dim: int | None = None,
         patch_size: int = 3,
         index: str = "flat",
@@ -72,6 +73,7 @@ class PatchCore(AnomalyModel):
             raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got '{image_score}'")
         self.coreset_ratio = coreset_ratio
         self.coreset_oversample = coreset_oversample
+        self.coreset_budget_mb = coreset_budget_mb
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.index = index
@@ -83,17 +85,19 @@ class PatchCore(AnomalyModel):
 
     def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, float]:
         self._compile()
-        coreset = StreamingCoreset(self.coreset_ratio, self.coreset_oversample, seed=self.seed)
+        coreset = StreamingCoreset(self.coreset_ratio, self.coreset_oversample, seed=self.seed,
+                                   exact_budget_mb=self.coreset_budget_mb)  # fmt: skip
         t0 = time.perf_counter()
         for batch in self._batches(images, progress, "features"):
             coreset.add(_patches(self._runner(batch)[0]))
         t1 = time.perf_counter()
+        exact = coreset.exact
         self.memory_bank_ = coreset.finalize(progress)
         t2 = time.perf_counter()
         self.index_ = NearestNeighbourIndex(self.index, threads=self.threads).build(self.memory_bank_)
         self.n_patches_seen_ = coreset.n_seen
         return {"features_seconds": t1 - t0, "coreset_seconds": t2 - t1, "bank_size": len(self.memory_bank_),
-                "patches_seen": coreset.n_seen}  # fmt: skip
+                "patches_seen": coreset.n_seen, "coreset_exact": exact}  # fmt: skip
 
     def _patch_scores(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         embedding = outputs[0]
