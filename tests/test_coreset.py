@@ -81,6 +81,25 @@ def test_past_its_memory_budget_the_stream_reduces_what_it_held() -> None:
     assert stream.finalize().shape == (30, 32)
 
 
+def test_held_batches_join_into_slabs_without_changing_the_coreset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspector.components.coreset as coreset
+
+    monkeypatch.setattr(coreset, "SLAB_BYTES", 16 * 1024)  # 256 rows of 16 floats per slab
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    held = StreamingCoreset(ratio=0.02, chunk_size=300, projection_dim=None, seed=2, exact_budget_mb=1.0)
+    for part in np.array_split(x, 20):
+        held.add(part)
+    assert held.exact and len(held._pending) >= 6  # slabs of at least 256 rows, in arrival order
+    np.testing.assert_array_equal(held.finalize(), x[greedy_coreset(x, 40, projection_dim=None, seed=2)])
+    # Crossing the budget later cuts the slabs into exact chunks: the pool shrinks to about `keep` of what was held.
+    crossing = StreamingCoreset(ratio=0.02, chunk_size=300, projection_dim=None, exact_budget_mb=100_000 / 2**20)
+    for part in np.array_split(x, 20):
+        crossing.add(part)
+    assert not crossing.exact and crossing.pool_size < 0.2 * 1800 + 300
+    assert crossing.finalize().shape == (40, 16)
+
+
 def test_rejects_bad_ratio_and_empty_stream() -> None:
     with pytest.raises(ValueError):
         StreamingCoreset(ratio=0.0)

@@ -52,6 +52,9 @@ def greedy_coreset(
     return selected
 
 
+SLAB_BYTES = 64 * 2**20  # held batches are joined into slabs this large: freed at once when copied, never twice held
+
+
 class StreamingCoreset:
     """Accumulates patch features batch by batch and returns a coreset of `ratio` of all patches seen."""
 
@@ -77,6 +80,7 @@ class StreamingCoreset:
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
         self._pending_bytes = 0
+        self._loose: list[np.ndarray] = []  # batches held but not yet joined into a slab
         self._pool: list[np.ndarray] = []
 
     @property
@@ -92,19 +96,35 @@ class StreamingCoreset:
         """Add (n, D) patch features; past the memory budget, full chunks are reduced immediately."""
         features = np.ascontiguousarray(features, dtype=np.float32)
         self.n_seen += len(features)
-        self._pending.append(features)
         self._n_pending += len(features)
         self._pending_bytes += features.nbytes
+        self._loose.append(features)
+        if sum(p.nbytes for p in self._loose) >= SLAB_BYTES or not self.exact:
+            self._join_loose()
         if not self.exact:
             self._reduce_pending(whole_chunks_only=True)
 
+    def _join_loose(self) -> None:
+        """Move loose batches to the pending list as one slab (small batches reuse freed heap; slabs are mapped)."""
+        if self._loose:
+            self._pending.append(np.concatenate(self._loose) if len(self._loose) > 1 else self._loose[0])
+            self._loose = []
+
     def _reduce_pending(self, whole_chunks_only: bool = False) -> None:
         """Reduce pending batches chunk by chunk, freeing each batch once it is in a chunk."""
+        self._join_loose()
         while self._pending and (self._n_pending >= self.chunk_size or not whole_chunks_only):
             parts, n = [], 0
             while self._pending and n < self.chunk_size:
-                parts.append(self._pending.pop(0))
-                n += len(parts[-1])
+                part = self._pending[0]
+                take = min(len(part), self.chunk_size - n)
+                if take < len(part):  # a slab larger than the chunk: take a slice, leave the rest
+                    self._pending[0] = part[take:]
+                    part = part[:take]
+                else:
+                    self._pending.pop(0)
+                parts.append(part)
+                n += take
             self._n_pending -= n
             self._pending_bytes -= sum(p.nbytes for p in parts)
             chunk = np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -119,12 +139,13 @@ class StreamingCoreset:
         if self.n_seen == 0:
             raise ValueError("no features were added to the coreset")
         if self.exact:
+            self._join_loose()
             parts = self._pending
         else:
             self._reduce_pending()
             parts = self._pool
         pool = _concatenate_consuming(parts)
-        self._pending, self._n_pending, self._pending_bytes, self._pool = [], 0, 0, []
+        self._pending, self._n_pending, self._pending_bytes, self._pool, self._loose = [], 0, 0, [], []
         n_select = max(1, round(self.ratio * self.n_seen))
         if n_select >= len(pool):
             return pool
