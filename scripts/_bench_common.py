@@ -10,6 +10,8 @@ What every benchmark needs the same way, so that numbers from different scripts 
 * `time_each` times a per-image call after a warm-up (wall and CPU time); `cpu_seconds` and `load_average`
   help judge timings taken on a shared machine;
 * `load_offline_weights` puts inspector's offline backbone weights into an anomalib feature extractor;
+* `evaluate_maps` computes image AUROC, pixel AUROC and AUPRO the same way for every tool, and
+  `SUMMARY_COLUMNS` / `STAGE_COLUMNS` lay them out;
 * `machine_info`, `markdown_table` and `write_json` report the results.
 
 Heavy imports (torch, anomalib, inspector.models) happen inside functions: spawned children import the calling
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from inspector.metrics import aupro, auroc, pixel_auroc  # imported up front: a run outlasts later edits to src
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -246,6 +250,33 @@ def source_digest(package: str) -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+AUPRO_FPR_LIMIT = 0.3
+
+
+def evaluate_maps(result: dict, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """Image AUROC, pixel AUROC and AUPRO (FPR limit 0.3) of one tool's scores and maps."""
+    return {
+        "image_auroc": auroc(labels, result["scores"]),
+        "pixel_auroc": pixel_auroc(masks, result["maps"]),
+        "aupro": aupro(masks, result["maps"], AUPRO_FPR_LIMIT),
+    }
+
+
+# The first table every side-by-side prints: accuracy, latency, fit time and memory per tool.
+SUMMARY_COLUMNS = {
+    "image AUROC": lambda r: f"{r['metrics']['image_auroc']:.4f}",
+    "pixel AUROC": lambda r: f"{r['metrics']['pixel_auroc']:.4f}",
+    f"AUPRO@{AUPRO_FPR_LIMIT}": lambda r: f"{r['metrics']['aupro']:.4f}",
+    "median ms/img": lambda r: f"{r['ms_summary']['median']:.1f}",
+    "fit s": lambda r: f"{r['fit']['seconds']:.1f}",
+    "peak RSS MiB (fit)": lambda r: f"{r['fit']['peak_rss_mib']:.0f}",
+}
+STAGE_COLUMNS = {
+    f"ms: {stage}": lambda r, stage=stage: f"{r['stages_ms'][stage]:.1f}"
+    for stage in ("preprocess", "features", "search", "postprocess")
+}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

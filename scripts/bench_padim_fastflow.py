@@ -66,9 +66,13 @@ from pathlib import Path
 import numpy as np
 
 from _bench_common import (
+    AUPRO_FPR_LIMIT,
     DEFAULT_DATA_ROOT,
+    STAGE_COLUMNS,
+    SUMMARY_COLUMNS,
     cpu_seconds,
     current_rss_mib,
+    evaluate_maps,
     forward_stage_ms,
     limit_threads,
     list_dataset,
@@ -86,13 +90,11 @@ from _bench_common import (
     time_scoring,
     write_json,
 )
-from inspector.metrics import aupro, auroc, pixel_auroc  # imported up front: the run outlasts later edits to src
 
 BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
 WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
-AUPRO_FPR_LIMIT = 0.3
 FASTFLOW_LR, FASTFLOW_WEIGHT_DECAY = 0.001, 0.00001  # anomalib's Fastflow.configure_optimizers
 MODELS = ("padim", "fastflow")
 TOOLS = ("inspector", "anomalib")
@@ -326,14 +328,6 @@ RUNNERS = {
 # ---- parent: evaluation and report ----------------------------------------------------------------------
 
 
-def evaluate(result: dict, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
-    return {
-        "image_auroc": auroc(labels, result["scores"]),
-        "pixel_auroc": pixel_auroc(masks, result["maps"]),
-        "aupro": aupro(masks, result["maps"], AUPRO_FPR_LIMIT),
-    }
-
-
 def row_label(tool: str, model: str, result: dict) -> str:
     if tool == "inspector":
         return f"inspector {package_version('inspector') or 'src'} {model} ({result['fit']['runtime']})"
@@ -341,23 +335,12 @@ def row_label(tool: str, model: str, result: dict) -> str:
     return f"anomalib {package_version('anomalib')} {name} (torch)"
 
 
-SUMMARY_COLUMNS = {
-    "image AUROC": lambda r: f"{r['metrics']['image_auroc']:.4f}",
-    "pixel AUROC": lambda r: f"{r['metrics']['pixel_auroc']:.4f}",
-    f"AUPRO@{AUPRO_FPR_LIMIT}": lambda r: f"{r['metrics']['aupro']:.4f}",
-    "median ms/img": lambda r: f"{r['ms_summary']['median']:.1f}",
-    "fit s": lambda r: f"{r['fit']['seconds']:.1f}",
-    "peak RSS MiB (fit)": lambda r: f"{r['fit']['peak_rss_mib']:.0f}",
-}
 DETAIL_COLUMNS = {
     "fit CPU s": lambda r: f"{r['fit']['cpu_seconds']:.1f}",
     "RSS before fit MiB": lambda r: f"{r['fit']['rss_before_fit_mib']:.0f}",
     "CPU ms/img": lambda r: f"{r['cpu_ms_summary']['median']:.1f}",
     "p90 ms/img": lambda r: f"{r['ms_summary']['p90']:.1f}",
-    **{
-        f"ms: {stage}": lambda r, stage=stage: f"{r['stages_ms'][stage]:.1f}"
-        for stage in ("preprocess", "features", "search", "postprocess")
-    },
+    **STAGE_COLUMNS,
     "final loss": lambda r: f"{r['fit']['loss_history'][-1]:.5g}" if "loss_history" in r["fit"] else "-",
 }
 # (metric, higher is better, format): inspector must be at least as good as anomalib on each.
@@ -437,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             load_before = load_average()
             result = RUNNERS[tool, model](train, test_paths, cfg)
             result["load_average"] = {"before": load_before, "after": load_average()}
-            result["metrics"] = evaluate(result, labels, masks)
+            result["metrics"] = evaluate_maps(result, labels, masks)
             result["ms_summary"] = summarize_ms(result["ms"])
             result["cpu_ms_summary"] = summarize_ms(result["cpu_ms"])
             results[tool, model] = result

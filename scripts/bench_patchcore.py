@@ -51,9 +51,13 @@ from pathlib import Path
 import numpy as np
 
 from _bench_common import (
+    AUPRO_FPR_LIMIT,
     DEFAULT_DATA_ROOT,
+    STAGE_COLUMNS,
+    SUMMARY_COLUMNS,
     cpu_seconds,
     current_rss_mib,
+    evaluate_maps,
     forward_stage_ms,
     limit_threads,
     list_dataset,
@@ -68,16 +72,14 @@ from _bench_common import (
     run_isolated,
     source_digest,
     summarize_ms,
-    time_each,
+    time_scoring,
     write_json,
 )
-from inspector.metrics import aupro, auroc, pixel_auroc  # imported up front: the run outlasts later edits to src
 
 BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
 WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
-AUPRO_FPR_LIMIT = 0.3
 TOOLS = ("inspector", "anomalib")
 
 
@@ -125,7 +127,7 @@ def run_inspector(train: list[Path], test: list[Path], cfg: Config) -> dict:
         result = model.score([image])
         return float(result.scores[0]), result.maps[0], result.timings_ms
 
-    return {**score_test_set(score_one, train, test, cfg), "fit": fit}
+    return {**time_scoring(score_one, train[: cfg.warmup], test), "fit": fit}
 
 
 def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
@@ -181,7 +183,7 @@ def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
             out = model(to_input([image]))
         return float(out.pred_score[0]), out.anomaly_map[0, 0].numpy(), None
 
-    scored = score_test_set(score_one, train, test, cfg)
+    scored = time_scoring(score_one, train[: cfg.warmup], test)
     # preprocess: until the backbone starts; features: the timm backbone; search: pooling, embedding, nearest
     # neighbours and the reweighted image score; postprocess: upsampling + blur of the map, and the rest.
     scored["stages_ms"] = forward_stage_ms(
@@ -190,35 +192,7 @@ def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
     return {**scored, "fit": fit}
 
 
-def score_test_set(score_one, train: list[Path], test: list[Path], cfg: Config) -> dict:
-    """Decode all test images, warm up on a few training images, then time `score_one` per test image.
-
-    `score_one(image)` returns (image score, 256x256 map, per-stage ms or None).
-    """
-    from inspector.data import read_image
-
-    images = [read_image(p) for p in test]
-    warmup = [read_image(p) for p in train[: cfg.warmup]]
-    results, ms, cpu_ms = time_each(score_one, images, warmup)
-    stages = [r[2] for r in results if r[2]]
-    return {
-        "scores": np.array([r[0] for r in results], dtype=np.float64),
-        "maps": np.stack([r[1] for r in results]).astype(np.float32, copy=False),
-        "ms": ms,
-        "cpu_ms": cpu_ms,
-        "stages_ms": {k: float(np.median([t[k] for t in stages])) for k in stages[0]} if stages else {},
-    }
-
-
 # ---- parent: evaluation and report ----------------------------------------------------------------------
-
-
-def evaluate(result: dict, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
-    return {
-        "image_auroc": auroc(labels, result["scores"]),
-        "pixel_auroc": pixel_auroc(masks, result["maps"]),
-        "aupro": aupro(masks, result["maps"], AUPRO_FPR_LIMIT),
-    }
 
 
 def tool_label(tool: str, result: dict) -> str:
@@ -227,14 +201,6 @@ def tool_label(tool: str, result: dict) -> str:
     return f"anomalib {package_version('anomalib')} PatchcoreModel (torch)"
 
 
-SUMMARY_COLUMNS = {
-    "image AUROC": lambda r: f"{r['metrics']['image_auroc']:.4f}",
-    "pixel AUROC": lambda r: f"{r['metrics']['pixel_auroc']:.4f}",
-    f"AUPRO@{AUPRO_FPR_LIMIT}": lambda r: f"{r['metrics']['aupro']:.4f}",
-    "median ms/img": lambda r: f"{r['ms_summary']['median']:.1f}",
-    "fit s": lambda r: f"{r['fit']['seconds']:.1f}",
-    "peak RSS MiB (fit)": lambda r: f"{r['fit']['peak_rss_mib']:.0f}",
-}
 DETAIL_COLUMNS = {
     "bank": lambda r: f"{r['fit']['bank_size']}",
     "fit: features s": lambda r: f"{r['fit']['features_seconds']:.1f}",
@@ -242,10 +208,7 @@ DETAIL_COLUMNS = {
     "fit CPU s": lambda r: f"{r['fit']['cpu_seconds']:.1f}",
     "RSS before fit MiB": lambda r: f"{r['fit']['rss_before_fit_mib']:.0f}",
     "CPU ms/img": lambda r: f"{r['cpu_ms_summary']['median']:.1f}",
-    **{
-        f"ms: {stage}": lambda r, stage=stage: f"{r['stages_ms'][stage]:.1f}"
-        for stage in ("preprocess", "features", "search", "postprocess")
-    },
+    **STAGE_COLUMNS,
 }
 
 
@@ -290,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = load_average()
         result = run_isolated(runners[tool], train, test_paths, cfg)
         result["load_average"] = {"before": load_before, "after": load_average()}
-        result["metrics"] = evaluate(result, labels, masks)
+        result["metrics"] = evaluate_maps(result, labels, masks)
         result["ms_summary"] = summarize_ms(result["ms"])
         result["cpu_ms_summary"] = summarize_ms(result["cpu_ms"])
         results[tool] = result

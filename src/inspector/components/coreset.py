@@ -99,10 +99,10 @@ class StreamingCoreset:
         self._n_pending += len(features)
         self._pending_bytes += features.nbytes
         self._loose.append(features)
-        if sum(p.nbytes for p in self._loose) >= SLAB_BYTES or not self.exact:
-            self._join_loose()
         if not self.exact:
             self._reduce_pending(whole_chunks_only=True)
+        elif sum(p.nbytes for p in self._loose) >= SLAB_BYTES:
+            self._join_loose()
 
     def _join_loose(self) -> None:
         """Move loose batches to the pending list as one slab (small batches reuse freed heap; slabs are mapped)."""
