@@ -11,12 +11,10 @@ WORKDIR /app
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir -e .
-COPY configs ./configs
-COPY web ./web
+# A plain (non-editable) install: the category configs and the operator page ship inside the package.
+RUN pip install --no-cache-dir . && rm -rf src
 
 ENV INSPECTOR_OFFLINE=1 \
-    INSPECTOR_WEB_DIR=/app/web \
     INSPECTOR_STORE_DIR=/data/inspections \
     INSPECTOR_HOST=0.0.0.0
 EXPOSE 8000

@@ -3,6 +3,7 @@
 What every benchmark needs the same way, so that numbers from different scripts are comparable:
 
 * `limit_threads` pins OpenMP/MKL/BLAS and torch to N threads (call before importing torch in a process);
+  `limit_fit_threads` also pins torch's and FAISS's pools, which inspector's estimators no longer set;
 * `list_dataset` lists an MVTec-style category, optionally thinned for quick trial runs;
 * `load_masks` reads ground truth at the evaluation size (nearest neighbour, binarised > 127);
 * `run_isolated` runs a function in a fresh 'spawn' subprocess, so peak memory is per tool;
@@ -31,14 +32,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inspector.metrics import aupro, auroc, pixel_auroc  # imported up front: a run outlasts later edits to src
+# imported up front: a run outlasts later edits to src
+from inspector.evaluation.metrics import aupro, auroc, pixel_auroc
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -55,6 +57,21 @@ def limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
     if "cv2" in sys.modules:
         sys.modules["cv2"].setNumThreads(n)
+
+
+def limit_fit_threads(n: int) -> None:
+    """`limit_threads`, then torch's and FAISS's process-wide pools, in a process that fits inspector's models.
+
+    inspector's estimators no longer set thread counts (the entry point does); their `threads` parameter is
+    onnxruntime's per-session count only, so a benchmark passing `threads=n` must also call this once.
+    """
+    import torch
+
+    from inspector.components.knn import set_search_threads
+
+    limit_threads(n)
+    torch.set_num_threads(n)
+    set_search_threads(n)
 
 
 def log_termination() -> None:
@@ -234,7 +251,7 @@ def machine_info(packages: Sequence[str] = ("torch", "timm", "onnxruntime", "fai
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {name: package_version(name) for name in packages},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
@@ -341,8 +358,9 @@ def time_scoring(score_one: Callable[[np.ndarray], tuple], warmup_paths: Sequenc
     }
 
 
-def forward_stage_ms(score_one: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], backbone: Any,
-                     map_generator: Any) -> dict[str, float]:  # fmt: skip
+def forward_stage_ms(
+    score_one: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], backbone: Any, map_generator: Any
+) -> dict[str, float]:
     """Median ms per stage of a torch model's scoring, from forward hooks, in a separate (untimed) pass.
 
     preprocess: until `backbone` starts; features: `backbone`; search: from the backbone's end until

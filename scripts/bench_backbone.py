@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from inspector.features.backbones import load_backbone, make_padding_static
-from inspector.runtime import OnnxRunner, export_onnx
+from inspector.runtime.export import export_onnx
+from inspector.runtime.onnx import OnnxRunner
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 10) -> float:

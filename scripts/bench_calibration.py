@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, limit_threads, machine_info, markdown_table, write_json
+from _bench_common import DEFAULT_DATA_ROOT, limit_fit_threads, machine_info, markdown_table, write_json
 
 BACKBONE = "tf_efficientnet_lite0"
 SETTINGS = {"backbone": BACKBONE, "layers": [2, 3], "image_size": 256, "coreset_ratio": 0.01, "batch_size": 8}
@@ -42,33 +42,35 @@ RULES = ("normal", "fpr")
 
 
 def load_or_fit(cache: Path, data_root: Path, category: str, threads: int):
-    """The cached model when it was fitted with these settings (every parameter, defaults included) on this
-    category's train/good by this inspector, else a fresh fit."""
+    """The cached model's scorer when it was fitted with these settings (every parameter, defaults included) on
+    this category's train/good by this inspector, else a fresh fit's."""
     from inspector.data import Dataset
-    from inspector.modeldir import ModelDirError
-    from inspector.models import create_model, load_model
+    from inspector.models.estimators import create_model
+    from inspector.models.persistence import ModelDirError
+    from inspector.models.scoring import load_scorer
 
     dataset = Dataset(data_root, category)
     train_dir = str(dataset.train_dir.resolve())
-    wanted = create_model("patchcore", threads=threads, **SETTINGS).get_params()
+    # As the manifest stores them (tuples as lists); `threads` is how this run scores, not how it was fitted.
+    wanted = json.loads(json.dumps(create_model("patchcore", threads=threads, **SETTINGS).get_params(), default=list))
     if (cache / "manifest.json").is_file():
         try:
-            model = load_model(cache, threads=threads)
+            scorer = load_scorer(cache, threads=threads)
         except ModelDirError as exc:  # e.g. written by an older inspector
             print(f"not using the cached model: {exc}")
         else:
-            if model.get_params() == wanted and model.data_info_.get("train_dir") == train_dir:
+            if {**scorer.params, "threads": threads} == wanted and scorer.data_info.get("train_dir") == train_dir:
                 print(f"using the cached model in {cache}")
-                return model
+                return scorer
     print(f"fitting PatchCore on {len(dataset.train())} images of {dataset.train_dir} (cached in {cache})")
     model = create_model("patchcore", threads=threads, **SETTINGS)
     model.fit(dataset.train(), progress=False)
     model.save(cache, data={"category": category, "data_root": str(data_root.resolve()), "train_dir": train_dir})
-    return model
+    return model.scorer_
 
 
 def subset(scored: Any, samples: list[Any], index: dict[Path, int]) -> Any:
-    from inspector.calibration.workflow import Scored
+    from inspector.evaluation.scoring import Scored
 
     idx = np.array([index[s.path] for s in samples])
     maps = scored.maps[idx] if scored.maps is not None else None
@@ -92,21 +94,40 @@ def run_seed(scored: Any, index: dict[Path, int], seed: int, targets: list[float
                 rule, cal.labels[keep], cal.scores[keep], target_fpr=target, confidence=confidence
             )
             e = choice.expected
-            rows.append({
-                "seed": seed, "rule": rule, "target": target, "n_good": e["n_good"], "n_defect": e["n_defect"],
-                "n_holdout_good": int(good_hold.size), "threshold": choice.threshold,
-                "expected_frr": e["false_reject_rate"], "bound": e["false_reject_rate_upper"],
-                "target_met": e["target_met"], "k": e.get("order_statistic"),
-                "measured_frr": float(np.mean(good_hold >= choice.threshold)),
-                "measured_escape": float(np.mean(bad_hold < choice.threshold)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "seed": seed,
+                    "rule": rule,
+                    "target": target,
+                    "n_good": e["n_good"],
+                    "n_defect": e["n_defect"],
+                    "n_holdout_good": int(good_hold.size),
+                    "threshold": choice.threshold,
+                    "expected_frr": e["false_reject_rate"],
+                    "bound": e["false_reject_rate_upper"],
+                    "target_met": e["target_met"],
+                    "k": e.get("order_statistic"),
+                    "measured_frr": float(np.mean(good_hold >= choice.threshold)),
+                    "measured_escape": float(np.mean(bad_hold < choice.threshold)),
+                }
+            )
     return rows
 
 
 def summarize(rows: list[dict], targets: list[float]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["rule", "target FRR", "good images (cal / unseen)", "threshold (mean, range)", "stated 95% bound",
-               "target assured", "expected FRR", "measured FRR on unseen half: mean [min, max]",
-               "seeds <= bound", "within bound", "measured escape"]  # fmt: skip
+    headers = [
+        "rule",
+        "target FRR",
+        "good images (cal / unseen)",
+        "threshold (mean, range)",
+        "stated 95% bound",
+        "target assured",
+        "expected FRR",
+        "measured FRR on unseen half: mean [min, max]",
+        "seeds <= bound",
+        "within bound",
+        "measured escape",
+    ]
     table = []
     for target in targets:
         for rule in RULES:
@@ -115,14 +136,21 @@ def summarize(rows: list[dict], targets: list[float]) -> tuple[list[str], list[l
             frr = np.array([x["measured_frr"] for x in r])
             bound = np.array([x["bound"] for x in r])
             k = f" (k = {r[0]['k']})" if r[0]["k"] else ""
-            table.append([
-                rule, f"{target:.0%}", f"{r[0]['n_good']} / {r[0]['n_holdout_good']}",
-                f"{t.mean():.3f} [{t.min():.3f}, {t.max():.3f}]", _pct(bound.mean()) + k,
-                f"{sum(x['target_met'] for x in r)}/{len(r)}", _pct(np.mean([x["expected_frr"] for x in r])),
-                f"{_pct(frr.mean())} [{_pct(frr.min())}, {_pct(frr.max())}]",
-                f"{int(np.sum(frr <= bound))}/{len(r)}", "yes" if frr.mean() <= bound.mean() else "NO",
-                _pct(np.mean([x["measured_escape"] for x in r])),
-            ])  # fmt: skip
+            table.append(
+                [
+                    rule,
+                    f"{target:.0%}",
+                    f"{r[0]['n_good']} / {r[0]['n_holdout_good']}",
+                    f"{t.mean():.3f} [{t.min():.3f}, {t.max():.3f}]",
+                    _pct(bound.mean()) + k,
+                    f"{sum(x['target_met'] for x in r)}/{len(r)}",
+                    _pct(np.mean([x["expected_frr"] for x in r])),
+                    f"{_pct(frr.mean())} [{_pct(frr.min())}, {_pct(frr.max())}]",
+                    f"{int(np.sum(frr <= bound))}/{len(r)}",
+                    "yes" if frr.mean() <= bound.mean() else "NO",
+                    _pct(np.mean([x["measured_escape"] for x in r])),
+                ]
+            )
     return headers, table
 
 
@@ -137,9 +165,15 @@ def write_one_run(scored: Any, index: dict[Path, int], out: Path, confidence: fl
 
     cal_samples, hold_samples = split_holdout(scored.samples, 0.5, 0)
     cal, hold = subset(scored, cal_samples, index), subset(scored, hold_samples, index)
-    calibration = calibrate(cal, "fpr", target_fpr=0.05, confidence=confidence, name="bench-fpr-0.05",
-                            data={"source": "category", "category": "magnetic_tile",
-                                  "holdout": {"fraction": 0.5, "seed": 0}}, holdout=hold)  # fmt: skip
+    calibration = calibrate(
+        cal,
+        "fpr",
+        target_fpr=0.05,
+        confidence=confidence,
+        name="bench-fpr-0.05",
+        data={"source": "category", "category": "magnetic_tile", "holdout": {"fraction": 0.5, "seed": 0}},
+        holdout=hold,
+    )
     plots = write_plots(out, cal.labels, cal.scores, calibration)
     report = write_html(out, calibration, plots)
     (out / "calibration.json").write_text(json.dumps(calibration.to_dict(), indent=2))
@@ -159,16 +193,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_calibration/plots"), help="plots of one run")
     parser.add_argument("--json", type=Path, help="write every seed's numbers here")
     args = parser.parse_args()
-    limit_threads(args.threads)
+    limit_fit_threads(args.threads)  # torch and FAISS; onnxruntime's come from the model's `threads`
 
-    from inspector import metrics
     from inspector.calibration.workflow import score_images
     from inspector.data import Dataset
+    from inspector.evaluation import metrics
 
-    model = load_or_fit(args.model_cache, args.data_root, args.category, args.threads)
+    scorer = load_or_fit(args.model_cache, args.data_root, args.category, args.threads)
     samples = Dataset(args.data_root, args.category).test()
     print(f"scoring {len(samples)} test images once")
-    scored = score_images(model, samples, progress=False)
+    scored = score_images(scorer, samples, progress=False)
     index = {s.path: i for i, s in enumerate(samples)}
     rows = [row for seed in range(args.seeds) for row in run_seed(scored, index, seed, args.targets, args.confidence)]
     headers, table = summarize(rows, args.targets)

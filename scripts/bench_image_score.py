@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, limit_threads, list_dataset, machine_info, markdown_table, write_json
+from _bench_common import DEFAULT_DATA_ROOT, limit_fit_threads, list_dataset, machine_info, markdown_table, write_json
 
 SCORES = ("patch", "reweighted", "map")
 ELPV_TRAIN = 250
@@ -63,18 +63,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    limit_threads(args.threads)
-    from inspector.metrics import auroc
-    from inspector.models import create_model
+    limit_fit_threads(args.threads)  # torch and FAISS; `threads=` below is onnxruntime's
+    from inspector.evaluation.metrics import auroc
+    from inspector.models.estimators import create_model
 
     rows = []
     for seed in args.seeds:
         for name, train, test, labels in [*magnetic_tile(args.data_root, args.limit_train), *elpv(seed)]:
             model = create_model("patchcore", threads=args.threads, seed=seed).fit(train, progress=False)
-            row = {"data": name, "seed": seed, "train": len(train), "good": int((labels == 0).sum()),
-                   "defective": int(labels.sum())}  # fmt: skip
+            row = {
+                "data": name,
+                "seed": seed,
+                "train": len(train),
+                "good": int((labels == 0).sum()),
+                "defective": int(labels.sum()),
+            }
             for score in SCORES:
-                model.image_score = score
+                model.scorer_.image_score = score  # the fitted model scores through its scorer
                 values = np.concatenate([model.score([image]).scores for image in test])
                 row[score] = round(auroc(labels, values), 4)
             print(row, flush=True)

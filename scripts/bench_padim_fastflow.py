@@ -2,7 +2,7 @@
 
 What it measures, per tool and model, on one MVTec-layout category (default: magnetic_tile):
 
-* image AUROC, pixel AUROC and AUPRO (FPR limit 0.3), all computed here with `inspector.metrics` on anomaly
+* image AUROC, pixel AUROC and AUPRO (FPR limit 0.3), all computed here with `inspector.evaluation.metrics` on anomaly
   maps at 256x256 against ground-truth masks resized to 256x256 (nearest, > 127);
 * median milliseconds per test image at batch 1: from the decoded RGB uint8 image (any size) to image score +
   256x256 anomaly map, resize and normalisation included, after a few warm-up images;
@@ -74,6 +74,7 @@ from _bench_common import (
     current_rss_mib,
     evaluate_maps,
     forward_stage_ms,
+    limit_fit_threads,
     limit_threads,
     list_dataset,
     load_average,
@@ -119,14 +120,20 @@ def run_inspector(kind: str, train: list[Path], test: list[Path], cfg: Config) -
     import cv2  # noqa: F401  (imported so limit_threads can set its pool)
     import torch  # noqa: F401
 
-    limit_threads(cfg.threads)
-    from inspector.models import create_model
+    limit_fit_threads(cfg.threads)  # torch and FAISS; `threads=` below is onnxruntime's
+    from inspector.models.estimators import create_model
 
     extra = {"n_features": cfg.n_features} if kind == "padim" else {"epochs": cfg.epochs, "patience": cfg.epochs}
     model = create_model(
-        kind, backbone=BACKBONE, layers=INSPECTOR_LAYERS, image_size=cfg.image_size, threads=cfg.threads,
-        batch_size=cfg.batch_size, seed=cfg.seed, **extra,
-    )  # fmt: skip
+        kind,
+        backbone=BACKBONE,
+        layers=INSPECTOR_LAYERS,
+        image_size=cfg.image_size,
+        threads=cfg.threads,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        **extra,
+    )
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()
     start = time.perf_counter()
     model.fit(train, progress=False)
@@ -135,7 +142,7 @@ def run_inspector(kind: str, train: list[Path], test: list[Path], cfg: Config) -
         "cpu_seconds": cpu_seconds() - cpu_before,
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_fit_mib": rss_before,
-        "runtime": model._runner.name,
+        "runtime": model.scorer_.runtime,
         "fit_info": model.fit_info_,
         "params": model.get_params(),
     }
@@ -234,8 +241,15 @@ def build_anomalib_fastflow(cfg: Config):
     class CnnFastflowModel(FastflowModel):
         """`FastflowModel.__init__`'s resnet branch, verbatim but for the backbone name and out_indices."""
 
-        def __init__(self, input_size: tuple[int, int], backbone: str, out_indices: list[int], flow_steps: int = 8,
-                     conv3x3_only: bool = False, hidden_ratio: float = 1.0) -> None:  # fmt: skip
+        def __init__(
+            self,
+            input_size: tuple[int, int],
+            backbone: str,
+            out_indices: list[int],
+            flow_steps: int = 8,
+            conv3x3_only: bool = False,
+            hidden_ratio: float = 1.0,
+        ) -> None:
             nn.Module.__init__(self)  # skips FastflowModel.__init__, which rejects the backbone name
             self.input_size = input_size
             self.feature_extractor = timm.create_model(
@@ -410,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([s.is_defect for s in test])
     masks = load_masks(test, (cfg.image_size, cfg.image_size))
     test_paths = [s.path for s in test]
-    print(f"{args.category}: {len(train)} train, {len(test)} test ({labels.sum()} defective); "
-          f"{cfg.threads} threads; models {args.models}; FastFlow {cfg.epochs} epochs", file=sys.stderr)  # fmt: skip
+    print(
+        f"{args.category}: {len(train)} train, {len(test)} test ({labels.sum()} defective); "
+        f"{cfg.threads} threads; models {args.models}; FastFlow {cfg.epochs} epochs",
+        file=sys.stderr,
+    )
 
     results: dict[tuple[str, str], dict] = {}
     for model in args.models:
@@ -429,10 +446,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print_report(results)
     if args.json:
-        config = {**asdict(cfg), "backbone": BACKBONE, "inspector_layers": INSPECTOR_LAYERS,
-                  "anomalib_layers": ANOMALIB_LAYERS, "aupro_fpr_limit": AUPRO_FPR_LIMIT,
-                  "anomalib_fastflow_optimizer": {"name": "Adam", "lr": FASTFLOW_LR,
-                                                  "weight_decay": FASTFLOW_WEIGHT_DECAY}}  # fmt: skip
+        config = {
+            **asdict(cfg),
+            "backbone": BACKBONE,
+            "inspector_layers": INSPECTOR_LAYERS,
+            "anomalib_layers": ANOMALIB_LAYERS,
+            "aupro_fpr_limit": AUPRO_FPR_LIMIT,
+            "anomalib_fastflow_optimizer": {"name": "Adam", "lr": FASTFLOW_LR, "weight_decay": FASTFLOW_WEIGHT_DECAY},
+        }
         dataset = {
             "root": args.data_root,
             "category": args.category,
@@ -445,9 +466,15 @@ def main(argv: list[str] | None = None) -> int:
         per_run = {model: {} for model in args.models}
         for (tool, model), r in results.items():
             per_run[model][tool] = {k: v for k, v in r.items() if k != "maps"}
-        data = {"benchmark": "padim_fastflow", "config": config, "machine": machine_info(), "dataset": dataset,
-                "inspector_source_sha256": source_at_start, "results": per_run,
-                "bars": {row[0]: dict(zip(BARS, row[1:], strict=True)) for row in bar_verdicts(results)}}  # fmt: skip
+        data = {
+            "benchmark": "padim_fastflow",
+            "config": config,
+            "machine": machine_info(),
+            "dataset": dataset,
+            "inspector_source_sha256": source_at_start,
+            "results": per_run,
+            "bars": {row[0]: dict(zip(BARS, row[1:], strict=True)) for row in bar_verdicts(results)},
+        }
         print(f"wrote {write_json(args.json, data)}", file=sys.stderr)
     return 0
 

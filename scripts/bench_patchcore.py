@@ -2,7 +2,7 @@
 
 What it measures, per tool, on one MVTec-layout category (default: magnetic_tile):
 
-* image AUROC, pixel AUROC and AUPRO (FPR limit 0.3), all computed here with `inspector.metrics` on anomaly
+* image AUROC, pixel AUROC and AUPRO (FPR limit 0.3), all computed here with `inspector.evaluation.metrics` on anomaly
   maps at 256x256 against ground-truth masks resized to 256x256 (nearest, > 127);
 * median milliseconds per test image at batch 1: from the decoded RGB uint8 image (any size) to image score +
   256x256 anomaly map, resize and normalisation included, after a few warm-up images;
@@ -59,6 +59,7 @@ from _bench_common import (
     current_rss_mib,
     evaluate_maps,
     forward_stage_ms,
+    limit_fit_threads,
     limit_threads,
     list_dataset,
     load_average,
@@ -102,13 +103,19 @@ def run_inspector(train: list[Path], test: list[Path], cfg: Config) -> dict:
     import cv2  # noqa: F401  (imported so limit_threads can set its pool)
     import torch  # noqa: F401
 
-    limit_threads(cfg.threads)
-    from inspector.models import create_model
+    limit_fit_threads(cfg.threads)  # torch and FAISS; `threads=` below is onnxruntime's
+    from inspector.models.estimators import create_model
 
     model = create_model(
-        "patchcore", backbone=BACKBONE, layers=INSPECTOR_LAYERS, image_size=cfg.image_size,
-        coreset_ratio=cfg.coreset_ratio, threads=cfg.threads, batch_size=cfg.batch_size, seed=cfg.seed,
-    )  # fmt: skip
+        "patchcore",
+        backbone=BACKBONE,
+        layers=INSPECTOR_LAYERS,
+        image_size=cfg.image_size,
+        coreset_ratio=cfg.coreset_ratio,
+        threads=cfg.threads,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()
     start = time.perf_counter()
     model.fit(train, progress=False)
@@ -120,7 +127,7 @@ def run_inspector(train: list[Path], test: list[Path], cfg: Config) -> dict:
         "features_seconds": model.fit_info_["features_seconds"],
         "coreset_seconds": model.fit_info_["coreset_seconds"],
         "bank_size": model.fit_info_["bank_size"],
-        "runtime": model._runner.name,
+        "runtime": model.scorer_.runtime,
     }
 
     def score_one(image: np.ndarray) -> tuple[float, np.ndarray, dict]:
@@ -243,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([s.is_defect for s in test])
     masks = load_masks(test, (cfg.image_size, cfg.image_size))
     test_paths = [s.path for s in test]
-    print(f"{args.category}: {len(train)} train, {len(test)} test ({labels.sum()} defective); "
-          f"{cfg.threads} threads", file=sys.stderr)  # fmt: skip
+    print(
+        f"{args.category}: {len(train)} train, {len(test)} test ({labels.sum()} defective); {cfg.threads} threads",
+        file=sys.stderr,
+    )
 
     runners = {"inspector": run_inspector, "anomalib": run_anomalib}
     results: dict[str, dict] = {}
@@ -261,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print_report(results)
     if args.json:
-        config = {**asdict(cfg), "backbone": BACKBONE, "inspector_layers": INSPECTOR_LAYERS,
-                  "anomalib_layers": ANOMALIB_LAYERS, "aupro_fpr_limit": AUPRO_FPR_LIMIT}  # fmt: skip
+        config = {
+            **asdict(cfg),
+            "backbone": BACKBONE,
+            "inspector_layers": INSPECTOR_LAYERS,
+            "anomalib_layers": ANOMALIB_LAYERS,
+            "aupro_fpr_limit": AUPRO_FPR_LIMIT,
+        }
         dataset = {
             "root": args.data_root,
             "category": args.category,
@@ -273,8 +287,14 @@ def main(argv: list[str] | None = None) -> int:
             "labels": labels.astype(int),
         }
         per_tool = {tool: {k: v for k, v in r.items() if k != "maps"} for tool, r in results.items()}
-        data = {"benchmark": "patchcore", "config": config, "machine": machine_info(), "dataset": dataset,
-                "inspector_source_sha256": source_at_start, "results": per_tool}  # fmt: skip
+        data = {
+            "benchmark": "patchcore",
+            "config": config,
+            "machine": machine_info(),
+            "dataset": dataset,
+            "inspector_source_sha256": source_at_start,
+            "results": per_tool,
+        }
         print(f"wrote {write_json(args.json, data)}", file=sys.stderr)
     return 0
 

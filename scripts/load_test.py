@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+
+from inspector.service.store import StoreReader
 
 DEFAULT_IMAGES = "/work/shared/datasets/magnetic_tile/test/*/*.jpg"
 MAX_OUTSTANDING = 512
@@ -56,21 +57,27 @@ class Result:
         srv = np.array(self.server_total_ms) if self.server_total_ms else np.array([np.nan])
         sent = sum(self.statuses.values())
         return {
-            "target_rate": self.rate, "duration_s": self.duration, "sent": sent,
+            "target_rate": self.rate,
+            "duration_s": self.duration,
+            "sent": sent,
             "achieved_rate_200": round(self.statuses.get("200", 0) / self.elapsed, 2) if self.elapsed else 0.0,
             "status_counts": dict(sorted(self.statuses.items())),
-            "p50_ms": _r(np.percentile(lat, 50)), "p95_ms": _r(np.percentile(lat, 95)),
-            "p99_ms": _r(np.percentile(lat, 99)), "max_ms": _r(lat.max()),
-            "server_total_p50_ms": _r(np.percentile(srv, 50)), "server_total_p99_ms": _r(np.percentile(srv, 99)),
-        }  # fmt: skip
+            "p50_ms": _r(np.percentile(lat, 50)),
+            "p95_ms": _r(np.percentile(lat, 95)),
+            "p99_ms": _r(np.percentile(lat, 99)),
+            "max_ms": _r(lat.max()),
+            "server_total_p50_ms": _r(np.percentile(srv, 50)),
+            "server_total_p99_ms": _r(np.percentile(srv, 99)),
+        }
 
 
 def _r(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 1)
 
 
-async def run_load(url: str, images: list[bytes], rate: float, duration: float, key: str | None,
-                   timeout: float = 10.0) -> Result:  # fmt: skip
+async def run_load(
+    url: str, images: list[bytes], rate: float, duration: float, key: str | None, timeout: float = 10.0
+) -> Result:
     """Send `rate` x `duration` requests on a fixed schedule; collect statuses and latencies of the 200s."""
     result = Result(rate, duration)
     n = int(rate * duration)
@@ -112,8 +119,20 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, store: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "inspector", "serve", "--model-dir", str(args.model_dir), "--store-dir",
-           str(store), "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "inspector",
+        "serve",
+        "--model-dir",
+        str(args.model_dir),
+        "--store-dir",
+        str(store),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    ]
     for flag in ("workers", "threads", "queue_size"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -169,8 +188,9 @@ def cpu_seconds(pid: int) -> float:
 # ---- modes ----------------------------------------------------------------------------------------------------------
 
 
-def measure(url: str, images: list[bytes], rate: float, duration: float, args: argparse.Namespace,
-            server: Any = None) -> dict[str, Any]:  # fmt: skip
+def measure(
+    url: str, images: list[bytes], rate: float, duration: float, args: argparse.Namespace, server: Any = None
+) -> dict[str, Any]:
     cpu0 = cpu_seconds(server[0].pid) if server else None
     own0 = time.process_time()
     result = asyncio.run(run_load(url, images, rate, duration, args.key))
@@ -219,11 +239,18 @@ def mode_kill(images: list[bytes], args: argparse.Namespace) -> None:
         finally:
             restarted.send_signal(signal.SIGINT)
             restarted.wait(30)
-        with sqlite3.connect(store / "inspections.db") as db:
-            integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-            rows = db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
-        print(json.dumps({"acknowledged": len(result.acked), "missing_after_restart": len(missing),
-                          "rows_in_store": rows, "integrity_check": integrity}))  # fmt: skip
+        reader = StoreReader(store)  # read-only: the check changes nothing in the store it checks
+        integrity, rows = "ok" if reader.integrity_ok() else "failed", reader.count()
+        print(
+            json.dumps(
+                {
+                    "acknowledged": len(result.acked),
+                    "missing_after_restart": len(missing),
+                    "rows_in_store": rows,
+                    "integrity_check": integrity,
+                }
+            )
+        )
         if missing or integrity != "ok":
             raise SystemExit(1)
 

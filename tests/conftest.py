@@ -11,9 +11,11 @@ import pytest
 os.environ.setdefault("INSPECTOR_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inspector.data import Dataset
+from inspector.calibration import Calibration, save_calibration
+from inspector.data import Dataset, read_image
 from inspector.data.synthetic import make_category
-from inspector.models import PatchCore
+from inspector.models.estimators import PatchCore
+from inspector.models.scoring import Scorer, load_scorer
 
 SIZE = 128
 
@@ -32,4 +34,37 @@ def dataset(synthetic_root: Path) -> Dataset:
 
 @pytest.fixture(scope="session")
 def fitted_patchcore(dataset: Dataset) -> PatchCore:
-    return PatchCore(image_size=SIZE, coreset_ratio=0.1, threads=2).fit(dataset.train(), progress=False)
+    model = PatchCore(image_size=SIZE, coreset_ratio=0.1, threads=2).fit(dataset.train(), progress=False)
+    assert isinstance(model, PatchCore)
+    return model
+
+
+@pytest.fixture(scope="session")
+def patchcore_dir(fitted_patchcore: PatchCore, dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's PatchCore saved as a model directory that records its training data (read-only: copy it
+    before changing anything in it)."""
+    path = tmp_path_factory.mktemp("models") / "synthetic"
+    data = {"category": "synthetic", "data_root": str(dataset.root.resolve()), "train_dir": str(dataset.train_dir)}
+    return fitted_patchcore.save(path, data=data)
+
+
+@pytest.fixture(scope="session")
+def patchcore_scorer(patchcore_dir: Path) -> Scorer:
+    return load_scorer(patchcore_dir, threads=2)
+
+
+@pytest.fixture(scope="session")
+def service_model_dir(fitted_patchcore: PatchCore, dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's model, saved, with a calibration between its good and defect test scores."""
+    model_dir = tmp_path_factory.mktemp("service") / "synthetic"
+    fitted_patchcore.save(model_dir, data={"category": "synthetic"})
+    samples = dataset.test()
+    scores = fitted_patchcore.score([read_image(s.path) for s in samples]).scores
+    good = max(s for s, x in zip(scores, samples, strict=True) if not x.is_defect)
+    bad = sorted(s for s, x in zip(scores, samples, strict=True) if x.is_defect)
+    threshold = float(good + bad[len(bad) // 2]) / 2
+    save_calibration(
+        model_dir, Calibration(image_threshold=threshold, rule="test", name="mid", pixel_threshold=threshold)
+    )
+    save_calibration(model_dir, Calibration(image_threshold=threshold * 100, rule="test", name="lax"), activate=False)
+    return model_dir

@@ -12,8 +12,10 @@ from inspector.features.backbones import BackboneWeightsError, load_backbone, ma
 
 def test_offline_package_weights_load_completely_and_are_not_random() -> None:
     model, info = load_backbone("tf_efficientnet_lite0", (2, 3))
-    assert info.channels == (40, 112) and info.strides == (8, 16)
-    assert info.weights_source.startswith("package:") and info.mean == (0.5, 0.5, 0.5)
+    assert info.channels == (40, 112)
+    assert info.strides == (8, 16)
+    assert info.weights_source.startswith("package:")
+    assert info.mean == (0.5, 0.5, 0.5)
     assert info.weights_sha256 == load_backbone("tf_efficientnet_lite0", (2, 3))[1].weights_sha256
     # ImageNet BN statistics are far from the initialisation defaults (mean 0, var 1).
     assert not torch.allclose(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
@@ -40,7 +42,8 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
 def test_no_weights_offline_is_a_clear_error_not_a_random_init() -> None:
     with pytest.raises(BackboneWeightsError) as err:
         load_backbone("wide_resnet50_2", (2, 3), allow_download=False)
-    assert "wide_resnet50_2" in str(err.value) and "--weights" in str(err.value)
+    assert "wide_resnet50_2" in str(err.value)
+    assert "--weights" in str(err.value)
     with pytest.raises(BackboneWeightsError, match="unknown backbone"):
         load_backbone("no_such_net", (2, 3))
 

@@ -25,7 +25,6 @@ from inspector.calibration.workflow import normal_images, split_holdout, trainin
 from inspector.cli import main
 from inspector.data import Dataset
 from inspector.data.mvtec import Sample
-from inspector.models import PatchCore
 
 
 def labelled(good: np.ndarray, defect: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +52,8 @@ def test_fpr_rule_is_the_lowest_threshold_meeting_the_target() -> None:
     labels, scores = labelled(GOOD_1_100, np.array([95.5, 200.0]))
     choice = choose_threshold("fpr", labels, scores, target_fpr=0.05)
     assert choice.threshold == 95.5  # rejects exactly 5 good (96..100) and catches the defect at 95.5
-    assert choice.expected["false_rejects"] == 5 and choice.expected["escapes"] == 0
+    assert choice.expected["false_rejects"] == 5
+    assert choice.expected["escapes"] == 0
     labels, scores = labelled(GOOD_1_100, np.array([200.0]))
     assert choose_threshold("fpr", labels, scores, target_fpr=0.05).threshold == 96.0
     assert choose_threshold("fpr", labels, scores, target_fpr=0.049).threshold == 97.0
@@ -75,10 +75,13 @@ def test_normal_rule_uses_the_order_statistic_the_binomial_allows() -> None:
     choice = choose_threshold("normal", labels, GOOD_1_100, target_fpr=0.05, confidence=0.95)
     # Independent check: the k-th highest of n keeps FRR <= t with confidence c iff P(Binomial(n, t) >= k) >= c.
     k = max(k for k in range(1, 101) if stats.binom.sf(k - 1, 100, 0.05) >= 0.95)
-    assert k == 2 and choice.expected["order_statistic"] == k
-    assert choice.threshold == 99.0 and choice.rule == "normal"
+    assert k == 2
+    assert choice.expected["order_statistic"] == k
+    assert choice.threshold == 99.0
+    assert choice.rule == "normal"
     assert choice.expected["false_reject_rate"] == pytest.approx(2 / 101)
-    assert choice.expected["false_reject_rate_upper"] <= 0.05 and choice.expected["target_met"] is True
+    assert choice.expected["false_reject_rate_upper"] <= 0.05
+    assert choice.expected["target_met"] is True
     # `fpr` without defects is the same rule: there is nothing to trade the false rejects against.
     assert choose_threshold("fpr", labels, GOOD_1_100, target_fpr=0.05).rule == "normal"
     big = np.random.default_rng(1).normal(size=2000)
@@ -91,9 +94,11 @@ def test_normal_rule_with_too_few_images_takes_the_highest_and_says_what_it_prom
     assert normal_order_statistic(299, 0.01, 0.95) == (1, True)
     scores = np.random.default_rng(0).gamma(2.0, size=95)
     choice = choose_threshold("normal", np.zeros(95, bool), scores, target_fpr=0.01)
-    assert choice.threshold == scores.max() and choice.expected["target_met"] is False
+    assert choice.threshold == scores.max()
+    assert choice.expected["target_met"] is False
     assert choice.expected["false_reject_rate_upper"] == pytest.approx(1 - 0.05 ** (1 / 95))
-    assert choice.expected["good_images_needed"] == 299 and "299" in choice.expected["note"]
+    assert choice.expected["good_images_needed"] == 299
+    assert "299" in choice.expected["note"]
 
 
 def test_normal_rule_meets_its_target_on_fresh_parts_in_simulation() -> None:
@@ -105,8 +110,9 @@ def test_normal_rule_meets_its_target_on_fresh_parts_in_simulation() -> None:
     true_frr = np.empty(reps)
     fresh_frr = np.empty(reps)
     for i in range(reps):
-        t = choose_threshold("normal", np.zeros(n, bool), dist.rvs(n, random_state=rng), target_fpr=target,
-                             confidence=confidence).threshold  # fmt: skip
+        t = choose_threshold(
+            "normal", np.zeros(n, bool), dist.rvs(n, random_state=rng), target_fpr=target, confidence=confidence
+        ).threshold
         true_frr[i] = dist.sf(t)
         fresh_frr[i] = np.mean(dist.rvs(20000, random_state=rng) >= t)
     k, _ = normal_order_statistic(n, target, confidence)
@@ -174,12 +180,14 @@ def test_confusion_counts_match_the_verdicts_a_calibration_gives() -> None:
         counts = confusion_counts(labels, scores, calibration)
         verdicts = np.array([calibration.verdict(s) for s in scores])
         fail = scores / 3.0 >= 1.0
-        assert counts["false_reject"] == np.sum(~labels & fail) and counts["escape"] == np.sum(labels & ~fail)
+        assert counts["false_reject"] == np.sum(~labels & fail)
+        assert counts["escape"] == np.sum(labels & ~fail)
         assert counts["false_reject_rate"] == pytest.approx(np.mean(fail[~labels]))
         if band:
             for cls, mask in (("good", ~labels), ("defective", labels)):
-                assert counts["verdicts"][cls] == {v: int(np.sum(mask & (verdicts == v))) for v in
-                                                   ("pass", "review", "fail")}  # fmt: skip
+                assert counts["verdicts"][cls] == {
+                    v: int(np.sum(mask & (verdicts == v))) for v in ("pass", "review", "fail")
+                }
 
 
 def test_holdout_split_is_stratified_and_training_copies_are_found(tmp_path: Path, dataset: Dataset) -> None:
@@ -194,39 +202,54 @@ def test_holdout_split_is_stratified_and_training_copies_are_found(tmp_path: Pat
     folder.mkdir()
     shutil.copy(dataset.train()[0], folder / "copied.png")
     shutil.copy(samples[0].path, folder / "fresh.png")
-    model = SimpleNamespace(data_info_={"train_dir": str(dataset.train_dir)})
-    found = training_overlap(normal_images(folder).samples, model)
+    scorer = SimpleNamespace(data_info={"train_dir": str(dataset.train_dir)})
+    found = training_overlap(normal_images(folder).samples, scorer)  # type: ignore[arg-type]
     assert [s.path.name for s in found] == ["copied.png"]
-    assert training_overlap([Sample(dataset.train()[1], "good", None)], model)[0].path == dataset.train()[1]
-    assert training_overlap(samples, SimpleNamespace(data_info_={})) is None
+    train_sample = [Sample(dataset.train()[1], "good", None)]
+    assert training_overlap(train_sample, scorer)[0].path == dataset.train()[1]  # type: ignore[arg-type,index]
+    assert training_overlap(samples, SimpleNamespace(data_info={})) is None  # type: ignore[arg-type]
 
 
 # ---- the command line ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small model of our own rather than the session's `fitted_patchcore`: requesting that here would build it
-    before test_padim/test_fastflow set torch to one thread, and test_patchcore's save/load comparison (atol 1e-5)
-    is sensitive to the thread count at fit vs at scoring."""
-    out = tmp_path_factory.mktemp("calibrated") / "synthetic"
-    model = PatchCore(image_size=96, coreset_ratio=0.1, threads=2).fit(dataset.train()[:16], progress=False)
-    model.save(out, data={"category": "synthetic", "data_root": str(dataset.root.resolve()),
-                          "train_dir": str(dataset.train_dir.resolve())})  # fmt: skip
-    return out
+@pytest.fixture
+def model_dir(patchcore_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's saved PatchCore (it records its training data), so every test starts
+    without calibrations and none depends on another having run."""
+    return Path(shutil.copytree(patchcore_dir, tmp_path / "synthetic"))
 
 
 def test_calibrate_writes_the_active_calibration_plots_and_report(model_dir: Path, dataset: Dataset, capsys) -> None:
-    code = main(["calibrate", "--model-dir", str(model_dir), "--data-root", str(dataset.root), "--holdout", "0.4",
-                 "--review-band", "0.9:1.2", "--name", "first", "-q"])  # fmt: skip
+    code = main(
+        [
+            "calibrate",
+            "--model-dir",
+            str(model_dir),
+            "--data-root",
+            str(dataset.root),
+            "--holdout",
+            "0.4",
+            "--review-band",
+            "0.9:1.2",
+            "--name",
+            "first",
+            "-q",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     for text in ("rule f1", "image threshold", "false rejects", "escapes", "pass", "measured on the holdout"):
         assert text in out
     active = json.loads((model_dir / "calibration.json").read_text())
-    assert active["name"] == "first" and active["rule"] == "f1" and active["review_band"] == [0.9, 1.2]
-    assert active["image_threshold"] > 0 and active["pixel_threshold"] > 0 and "masks" in active["pixel_rule"]
-    assert active["data"]["holdout"]["n_good"] == 4 and active["data"]["n_good"] == 6
+    assert active["name"] == "first"
+    assert active["rule"] == "f1"
+    assert active["review_band"] == [0.9, 1.2]
+    assert active["image_threshold"] > 0
+    assert active["pixel_threshold"] > 0
+    assert "masks" in active["pixel_rule"]
+    assert active["data"]["holdout"]["n_good"] == 4
+    assert active["data"]["n_good"] == 6
     assert {"false_reject_rate", "false_reject_rate_upper", "escape_rate", "confusion"} <= active["expected"].keys()
     folder = model_dir / "calibrations" / "first"
     for name in ("roc.png", "pr.png", "histogram.png", "rates.png"):
@@ -235,8 +258,10 @@ def test_calibrate_writes_the_active_calibration_plots_and_report(model_dir: Pat
 
 
 def test_predict_and_evaluate_use_the_active_calibration(model_dir: Path, dataset: Dataset, capsys) -> None:
-    main(["calibrate", "--model-dir", str(model_dir), "--data-root", str(dataset.root), "--method", "youden",
-          "--name", "second", "-q"])  # fmt: skip
+    for name in ("first", "second"):
+        args = ["--model-dir", str(model_dir), "--data-root", str(dataset.root), "--method", "youden"]
+        code = main(["calibrate", *args, "--name", name, "-q"])
+        assert code == 0
     calibration = load_active_calibration(model_dir)
     assert calibration.name == "second"
     images = [s.path for s in dataset.test()[::4]]
@@ -251,12 +276,15 @@ def test_predict_and_evaluate_use_the_active_calibration(model_dir: Path, datase
     c = report["confusion"]
     assert c["true_pass"] + c["false_reject"] + c["escape"] + c["true_fail"] == report["n_test"]
     assert report["false_reject_rate"] == c["false_reject"] / (report["n_test"] - report["n_defect"])
-    assert report["calibration"]["name"] == "second" and "optimistic" in captured.err
+    assert report["calibration"]["name"] == "second"
+    assert "optimistic" in captured.err
     assert main(["calibrate", "--model-dir", str(model_dir), "--list"]) == 0
     listing = capsys.readouterr().out
-    assert "* second" in listing and "  first" in listing
+    assert "* second" in listing
+    assert "  first" in listing
     assert main(["calibrate", "--model-dir", str(model_dir), "--activate", "first"]) == 0
-    assert load_active_calibration(model_dir).name == "first" and len(list_calibrations(model_dir)) == 2
+    assert load_active_calibration(model_dir).name == "first"
+    assert len(list_calibrations(model_dir)) == 2
 
 
 def test_calibrate_on_good_images_only_and_its_refusals(model_dir: Path, dataset: Dataset, capsys) -> None:
@@ -264,9 +292,12 @@ def test_calibrate_on_good_images_only_and_its_refusals(model_dir: Path, dataset
     args = ["calibrate", "--model-dir", str(model_dir), "--no-activate", "-q"]
     assert main([*args, "--normal-dir", str(good), "--target-fpr", "0.05", "--name", "normal"]) == 0
     out = capsys.readouterr().out
-    assert "rule normal" in out and "NOTE" in out and "NOT met" in out  # 10 good images cannot assure 5%
+    assert "rule normal" in out
+    assert "NOTE" in out
+    assert "NOT met" in out  # 10 good images cannot assure 5%
     saved = next(c for c in list_calibrations(model_dir) if c.name == "normal")
-    assert saved.pixel_rule.startswith("0.999 quantile") and saved.expected["order_statistic"] == 1
+    assert saved.pixel_rule.startswith("0.999 quantile")
+    assert saved.expected["order_statistic"] == 1
     assert main([*args, "--normal-dir", str(good)]) == 2
     assert "false-reject target" in capsys.readouterr().err
     assert main([*args, "--normal-dir", str(dataset.train_dir), "--target-fpr", "0.05"]) == 2

@@ -16,7 +16,8 @@ def _covering_radius(points: np.ndarray, centers: np.ndarray) -> float:
 def test_selects_distinct_indices_deterministically() -> None:
     x = np.random.default_rng(0).normal(size=(500, 16)).astype(np.float32)
     a = greedy_coreset(x, 50, projection_dim=None, seed=3)
-    assert len(a) == 50 and len(set(a.tolist())) == 50
+    assert len(a) == 50
+    assert len(set(a.tolist())) == 50
     np.testing.assert_array_equal(a, greedy_coreset(x, 50, projection_dim=None, seed=3))
 
 
@@ -30,13 +31,24 @@ def test_covers_far_better_than_random_and_finds_every_cluster() -> None:
     assert _covering_radius(x, x[chosen]) < 0.5 * _covering_radius(x, x[random])
 
 
-def test_greedy_is_within_factor_two_of_any_k_subset() -> None:
-    # Farthest-point selection is a 2-approximation: no k-subset covers with less than half its radius.
+def _min_separation(centers: np.ndarray) -> float:
+    d = np.linalg.norm(centers[:, None, :] - centers[None], axis=2)
+    return float(d[np.triu_indices(len(centers), 1)].min())
+
+
+def test_greedy_centers_are_farther_apart_than_the_radius_they_leave() -> None:
+    # Farthest-point selection's certificate: each pick was the farthest point when it was chosen, so any two
+    # centers lie at least the final covering radius apart, and no k-subset can cover with less than half that
+    # radius (the 2-approximation). Rows taken without the algorithm (here the first 12) do not have it.
     x = np.random.default_rng(2).uniform(size=(300, 2)).astype(np.float32)
-    greedy = _covering_radius(x, x[greedy_coreset(x, 12, projection_dim=None)])
+    greedy = x[greedy_coreset(x, 12, projection_dim=None)]
+    radius = _covering_radius(x, greedy)
+    assert _min_separation(greedy) >= radius - 1e-6
+    first = x[:12]
+    assert _min_separation(first) < _covering_radius(x, first)
     rng = np.random.default_rng(3)
     best_random = min(_covering_radius(x, x[rng.choice(300, 12, replace=False)]) for _ in range(200))
-    assert greedy <= 2.0 * best_random
+    assert radius < best_random
 
 
 def test_streaming_returns_the_requested_fraction_and_bounds_its_pool() -> None:
@@ -67,7 +79,8 @@ def test_within_its_memory_budget_the_stream_is_the_one_shot_coreset() -> None:
     stream = StreamingCoreset(ratio=0.02, chunk_size=500, projection_dim=None, seed=7, exact_budget_mb=1.0)
     for part in np.array_split(x, 6):
         stream.add(part)
-    assert stream.exact and stream.pool_size == len(x)  # 188 KiB held, under 1 MiB: nothing reduced yet
+    assert stream.exact
+    assert stream.pool_size == len(x)  # 188 KiB held, under 1 MiB: nothing reduced yet
     np.testing.assert_array_equal(stream.finalize(), x[greedy_coreset(x, 60, projection_dim=None, seed=7)])
 
 
@@ -77,7 +90,8 @@ def test_past_its_memory_budget_the_stream_reduces_what_it_held() -> None:
     stream.add(rng.normal(size=(1500, 32)).astype(np.float32))
     assert stream.exact
     stream.add(rng.normal(size=(1500, 32)).astype(np.float32))
-    assert not stream.exact and stream.pool_size < 3000  # two whole chunks reduced, the rest pending
+    assert not stream.exact
+    assert stream.pool_size < 3000  # two whole chunks reduced, the rest pending
     assert stream.finalize().shape == (30, 32)
 
 
@@ -90,13 +104,15 @@ def test_held_batches_join_into_slabs_without_changing_the_coreset(monkeypatch: 
     held = StreamingCoreset(ratio=0.02, chunk_size=300, projection_dim=None, seed=2, exact_budget_mb=1.0)
     for part in np.array_split(x, 20):
         held.add(part)
-    assert held.exact and len(held._pending) >= 6  # slabs of at least 256 rows, in arrival order
+    assert held.exact
+    assert len(held._pending) >= 6  # slabs of at least 256 rows, in arrival order
     np.testing.assert_array_equal(held.finalize(), x[greedy_coreset(x, 40, projection_dim=None, seed=2)])
     # Crossing the budget later cuts the slabs into exact chunks: the pool shrinks to about `keep` of what was held.
     crossing = StreamingCoreset(ratio=0.02, chunk_size=300, projection_dim=None, exact_budget_mb=100_000 / 2**20)
     for part in np.array_split(x, 20):
         crossing.add(part)
-    assert not crossing.exact and crossing.pool_size < 0.2 * 1800 + 300
+    assert not crossing.exact
+    assert crossing.pool_size < 0.2 * 1800 + 300
     assert crossing.finalize().shape == (40, 16)
 
 

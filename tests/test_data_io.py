@@ -31,7 +31,8 @@ def _write(path: Path, array: np.ndarray) -> Path:
 )
 def test_any_format_becomes_rgb_uint8(tmp_path: Path, name: str, array: np.ndarray) -> None:
     image = read_image(_write(tmp_path / name, array))
-    assert image.dtype == np.uint8 and image.shape == (20, 30, 3)
+    assert image.dtype == np.uint8
+    assert image.shape == (20, 30, 3)
 
 
 def test_channel_order_and_bit_depth_are_converted(tmp_path: Path) -> None:
@@ -79,7 +80,8 @@ def test_dataset_lists_samples_and_masks(tmp_path: Path) -> None:
     test = ds.test()
     assert [s.defect_type for s in test] == ["good", "good", "dent", "dent"]
     assert ds.has_masks
-    assert test[2].mask_path is not None and test[2].mask_path.name == "0_mask.png"
+    assert test[2].mask_path is not None
+    assert test[2].mask_path.name == "0_mask.png"
     assert test[3].mask_path is None  # a defect image without its mask file is listed, just unmasked
     assert ds.validation() == []
 
@@ -96,4 +98,5 @@ def test_missing_category_says_where_it_looked_and_how_to_get_data(tmp_path: Pat
         Dataset(tmp_path, "bottle")
     message = str(err.value)
     assert str(tmp_path / "bottle" / "train" / "good") in message
-    assert "mvtec.com" in message and "CC BY-NC-SA" in message
+    assert "mvtec.com" in message
+    assert "CC BY-NC-SA" in message

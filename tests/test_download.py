@@ -88,7 +88,8 @@ def test_download_verifies_and_unpacks(server, tmp_path: Path) -> None:
     path = download_category("bottle", tmp_path, url=f"{base}/bottle.tar.gz", sha256=digest, progress=False)
     assert path == tmp_path / "bottle"
     ds = Dataset(tmp_path, "bottle")
-    assert len(ds.train()) == 3 and len(ds.test()) == 4
+    assert len(ds.train()) == 3
+    assert len(ds.test()) == 4
     assert [p.name for p in tmp_path.iterdir()] == ["bottle"]  # no temp files or folders left
 
 
@@ -97,7 +98,8 @@ def test_zip_archive_and_url_template_from_env(server, tmp_path: Path, monkeypat
     monkeypatch.setenv(URL_ENV, f"{base}/{{category}}.zip")
     assert resolve_url("bottle") == f"{base}/bottle.zip"
     path = download_category("bottle", tmp_path, progress=False)
-    assert len(Dataset(tmp_path, "bottle").train()) == 3 and path == tmp_path / "bottle"
+    assert len(Dataset(tmp_path, "bottle").train()) == 3
+    assert path == tmp_path / "bottle"
     assert [p.name for p in tmp_path.iterdir()] == ["bottle"]
 
 
@@ -105,8 +107,10 @@ def test_wrong_checksum_leaves_nothing(server, tmp_path: Path) -> None:
     base, files = server
     with pytest.raises(ChecksumError, match="checksum mismatch") as err:
         download_category("bottle", tmp_path, url=f"{base}/bottle.tar.gz", sha256="0" * 64, progress=False)
-    assert "0" * 64 in str(err.value) and hashlib.sha256(files["/bottle.tar.gz"]).hexdigest() in str(err.value)
-    assert isinstance(err.value, DownloadError) and isinstance(err.value, RuntimeError)
+    assert "0" * 64 in str(err.value)
+    assert hashlib.sha256(files["/bottle.tar.gz"]).hexdigest() in str(err.value)
+    assert isinstance(err.value, DownloadError)
+    assert isinstance(err.value, RuntimeError)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,12 +118,15 @@ def test_missing_archive_and_path_traversal_are_refused(server, tmp_path: Path) 
     base, _ = server
     with pytest.raises(DownloadError, match="could not download") as err:
         download_category("bottle", tmp_path, url=f"{base}/nope.tar.gz", progress=False)
-    assert f"{base}/nope.tar.gz" in str(err.value) and "mvtec.com" in str(err.value) and "404" in str(err.value)
+    assert f"{base}/nope.tar.gz" in str(err.value)
+    assert "mvtec.com" in str(err.value)
+    assert "404" in str(err.value)
     with pytest.raises(UnsafeArchiveError, match="outside"):
         download_category("bottle", tmp_path, url=f"{base}/evil.tar.gz", progress=False)
     with pytest.raises(UnsafeArchiveError, match="absolute"):
         download_category("bottle", tmp_path, url=f"{base}/absolute.tar.gz", progress=False)
-    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "evil.txt").exists()
+    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path.parent / "evil.txt").exists()
     assert not Path("/tmp/inspector-absolute-evil.txt").exists()
 
 
@@ -151,7 +158,9 @@ def test_unknown_category_without_url_is_refused(tmp_path: Path) -> None:
 
 
 def test_official_urls_cover_all_categories() -> None:
-    assert len(MVTEC_CATEGORIES) == 15 and set(MVTEC_URLS) == set(MVTEC_CATEGORIES)
+    assert len(MVTEC_CATEGORIES) == 15
+    assert set(MVTEC_URLS) == set(MVTEC_CATEGORIES)
     for category, url in MVTEC_URLS.items():
-        assert url.startswith("https://www.mydrive.ch/shares/") and url.endswith(f"/{category}.tar.xz")
+        assert url.startswith("https://www.mydrive.ch/shares/")
+        assert url.endswith(f"/{category}.tar.xz")
     assert resolve_url("wood", "https://mirror.example/{category}.tar.xz") == "https://mirror.example/wood.tar.xz"

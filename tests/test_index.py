@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspector.index import IndexLoadError, NearestNeighbourIndex
+from inspector.common.errors import ParameterError
+from inspector.components.knn import IndexLoadError, NearestNeighbourIndex
 
 
 @pytest.fixture
@@ -27,7 +28,8 @@ def test_save_load_round_trip_gives_identical_results(bank: np.ndarray, kind: st
     queries = bank[:100] + 0.01
     index = NearestNeighbourIndex(kind).build(bank)
     restored = NearestNeighbourIndex(kind).from_bytes(index.to_bytes())
-    assert restored.ntotal == len(bank) and restored.dim == bank.shape[1]
+    assert restored.ntotal == len(bank)
+    assert restored.dim == bank.shape[1]
     d1, i1 = index.search(queries)
     d2, i2 = restored.search(queries)
     np.testing.assert_array_equal(i1, i2)
@@ -42,7 +44,7 @@ def test_approximate_indexes_find_the_true_neighbour_mostly(bank: np.ndarray, ki
 
 
 def test_bad_kind_and_damaged_bytes_are_clear_errors(bank: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="unknown index kind"):
+    with pytest.raises(ParameterError, match="unknown index kind"):
         NearestNeighbourIndex("annoy")
     with pytest.raises(IndexLoadError):
         NearestNeighbourIndex().from_bytes(b"garbage")

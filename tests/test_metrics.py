@@ -8,7 +8,7 @@ import pytest
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 
-from inspector.metrics import (  # noqa: E402
+from inspector.evaluation.metrics import (  # noqa: E402
     aupro,
     auroc,
     f1_max,
@@ -41,8 +41,11 @@ def test_roc_curve_matches_sklearn(seed: int, ties: bool) -> None:
     np.testing.assert_allclose(fpr, sk_fpr, rtol=0, atol=1e-12)
     np.testing.assert_allclose(tpr, sk_tpr, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(thr, sk_thr)
-    assert thr[0] == np.inf and fpr[0] == 0.0 and tpr[0] == 0.0
-    assert fpr[-1] == 1.0 and tpr[-1] == 1.0
+    assert thr[0] == np.inf
+    assert fpr[0] == 0.0
+    assert tpr[0] == 0.0
+    assert fpr[-1] == 1.0
+    assert tpr[-1] == 1.0
     assert np.all(np.diff(thr) < 0)  # one point per distinct score, descending
     assert len(thr) == len(np.unique(scores)) + 1
 

@@ -7,29 +7,31 @@ from pathlib import Path
 
 import pytest
 
-from inspector import modeldir
-from inspector.modeldir import ModelDirError, read_manifest, write_model_dir
-from inspector.models import load_model
+from inspector.common import files
+from inspector.models import persistence
+from inspector.models.persistence import ModelDirError, read_manifest, read_model_dir, write_model_dir
+from inspector.models.scoring import load_scorer
 
 
 def test_write_then_read(tmp_path: Path) -> None:
     write_model_dir(tmp_path / "m", {"model": "x"}, {"a.bin": b"abc"})
     manifest = read_manifest(tmp_path / "m")
-    assert manifest["model"] == "x" and manifest["format_version"] == modeldir.FORMAT_VERSION
+    assert manifest["model"] == "x"
+    assert manifest["format_version"] == persistence.FORMAT_VERSION
     assert (tmp_path / "m" / "a.bin").read_bytes() == b"abc"
 
 
 def test_crash_mid_save_leaves_the_previous_model_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "m"
     write_model_dir(target, {"model": "old"}, {"a.bin": b"old-a", "b.bin": b"old-b"})
-    real_write = modeldir._write_synced
+    real_write = files.write_synced
 
     def crash_on_second_file(path: Path, data: bytes) -> None:
         if path.name == "b.bin":
             raise OSError("disk full")
         real_write(path, data)
 
-    monkeypatch.setattr(modeldir, "_write_synced", crash_on_second_file)
+    monkeypatch.setattr(persistence, "write_synced", crash_on_second_file)
     with pytest.raises(OSError, match="disk full"):
         write_model_dir(target, {"model": "new"}, {"a.bin": b"new-a", "b.bin": b"new-b"})
     assert read_manifest(target)["model"] == "old"
@@ -55,6 +57,8 @@ def test_damaged_or_incompatible_directories_are_clear_errors(tmp_path: Path) ->
     (tmp_path / "m" / "a.bin").write_bytes(b"abd")
     with pytest.raises(ModelDirError, match=r"a\.bin does not match its checksum"):
         read_manifest(tmp_path / "m")
+    with pytest.raises(ModelDirError, match=r"a\.bin does not match its checksum"):
+        read_model_dir(tmp_path / "m")
     (tmp_path / "m" / "a.bin").unlink()
     with pytest.raises(ModelDirError, match=r"a\.bin is missing"):
         read_manifest(tmp_path / "m")
@@ -70,4 +74,4 @@ def test_damaged_or_incompatible_directories_are_clear_errors(tmp_path: Path) ->
 def test_unknown_model_type_is_refused(tmp_path: Path) -> None:
     write_model_dir(tmp_path / "m", {"model": "svm"}, {})
     with pytest.raises(ModelDirError, match="unknown model type 'svm'"):
-        load_model(tmp_path / "m")
+        load_scorer(tmp_path / "m")

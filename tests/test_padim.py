@@ -11,9 +11,9 @@ import torch
 from inspector.components.gaussian import StreamingGaussian, inverse_cholesky
 from inspector.data import Dataset, read_image
 from inspector.data.synthetic import make_category
-from inspector.metrics import auroc
-from inspector.models import load_model
+from inspector.evaluation.metrics import auroc
 from inspector.models.padim import MahalanobisMap, Padim
+from inspector.models.scoring import PadimScorer, load_scorer
 
 SIZE = 96
 PARAMS = {"image_size": SIZE, "threads": 1}
@@ -57,7 +57,8 @@ def test_inverse_cholesky_whitens_and_survives_bad_matrices() -> None:
 
     indefinite = np.array([[[1.0, 2.0], [2.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
     w = inverse_cholesky(indefinite)
-    assert np.isfinite(w).all() and np.all(np.triu(w, 1) == 0)
+    assert np.isfinite(w).all()
+    assert np.all(np.triu(w, 1) == 0)
     with pytest.raises(ValueError, match="non-finite"):
         inverse_cholesky(np.array([[[np.nan, 0.0], [0.0, 1.0]]]))
 
@@ -77,28 +78,42 @@ def test_mahalanobis_head_matches_textbook_formula() -> None:
     np.testing.assert_allclose(out, expected, rtol=1e-4)
 
 
-def test_fit_score_save_load(dataset: Dataset, test_images: tuple[list[np.ndarray], np.ndarray],
-                             tmp_path: Path) -> None:  # fmt: skip
+def test_fit_score_save_load(
+    dataset: Dataset, test_images: tuple[list[np.ndarray], np.ndarray], tmp_path: Path
+) -> None:
     images, labels = test_images
     model = Padim(n_features=100, **PARAMS).fit(dataset.train(), progress=False)
-    assert len(model.channels_) == 100 and np.all(np.diff(model.channels_) > 0)
+    assert len(model.channels_) == 100
+    assert np.all(np.diff(model.channels_) > 0)
     result = model.score(images)
-    assert result.scores.shape == (len(images),) and result.maps.shape == (len(images), SIZE, SIZE)
+    assert result.scores.shape == (len(images),)
+    assert result.maps.shape == (len(images), SIZE, SIZE)
     assert np.isfinite(result.maps).all()
     assert auroc(labels, result.scores) >= 0.9  # 1.0 when written
 
-    loaded = load_model(model.save(tmp_path / "padim"))
-    np.testing.assert_array_equal(loaded.channels_, model.channels_)
+    loaded = load_scorer(model.save(tmp_path / "padim"))
+    assert isinstance(loaded, PadimScorer)
+    with np.load(tmp_path / "padim" / "gaussians.npz") as state:
+        np.testing.assert_array_equal(state["channels"], model.channels_)
     again = loaded.score(images)
     np.testing.assert_allclose(again.scores, result.scores, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(again.maps, result.maps, rtol=1e-5, atol=1e-5)
-    in_torch = load_model(tmp_path / "padim", runtime="torch").score(images)  # head rebuilt from the npz
-    np.testing.assert_allclose(in_torch.scores, result.scores, rtol=1e-4)
 
 
-def test_five_training_images_give_finite_scores(dataset: Dataset,
-                                                 test_images: tuple[list[np.ndarray], np.ndarray]) -> None:  # fmt: skip
+def test_torch_runtime_runs_the_same_mahalanobis_network(
+    dataset: Dataset, test_images: tuple[list[np.ndarray], np.ndarray]
+) -> None:
+    images = test_images[0][:6]
+    onnx = Padim(**PARAMS).fit(dataset.train()[:8], progress=False)
+    in_torch = Padim(runtime="torch", **PARAMS).fit(dataset.train()[:8], progress=False)
+    np.testing.assert_allclose(in_torch.score(images).scores, onnx.score(images).scores, rtol=1e-4)
+
+
+def test_five_training_images_give_finite_scores(
+    dataset: Dataset, test_images: tuple[list[np.ndarray], np.ndarray]
+) -> None:
     model = Padim(**PARAMS).fit(dataset.train()[:5], progress=False)
     result = model.score(test_images[0][:6])
-    assert np.isfinite(result.scores).all() and np.isfinite(result.maps).all()
+    assert np.isfinite(result.scores).all()
+    assert np.isfinite(result.maps).all()
     assert np.all(result.scores > 0)

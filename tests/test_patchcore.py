@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from inspector.common.errors import ParameterError
 from inspector.data import Dataset, read_image
-from inspector.evaluate import evaluate
-from inspector.models import PatchCore, create_model, load_model
+from inspector.evaluation.evaluate import evaluate
+from inspector.models.estimators import PatchCore, create_model
+from inspector.models.persistence import read_manifest
+from inspector.models.scoring import PatchCoreScorer, Scorer, load_scorer
 from tests.conftest import SIZE
 
 
@@ -21,14 +25,13 @@ def test_fit_builds_a_coreset_bank_of_the_requested_size(fitted_patchcore: Patch
     assert fitted_patchcore.index_.ntotal == info["bank_size"]
 
 
-def test_scores_defects_well_above_chance_with_maps_on_the_defects(
-    fitted_patchcore: PatchCore, dataset: Dataset
-) -> None:
-    report, results = evaluate(fitted_patchcore, dataset, progress=False)
+def test_scores_defects_well_above_chance_with_maps_on_the_defects(patchcore_scorer: Scorer, dataset: Dataset) -> None:
+    report, results = evaluate(patchcore_scorer, dataset, progress=False)
     assert report["image_auroc"] >= 0.9
     assert report["pixel_auroc"] >= 0.9
     assert report["aupro"] >= 0.6
-    assert report["n_test"] == len(dataset.test()) and report["ms_per_image"] > 0
+    assert report["n_test"] == len(dataset.test())
+    assert report["ms_per_image"] > 0
     good = [r.score for r in results if not r.sample.is_defect]
     bad = [r.score for r in results if r.sample.is_defect]
     assert np.median(bad) > np.max(good) * 0.9
@@ -37,7 +40,8 @@ def test_scores_defects_well_above_chance_with_maps_on_the_defects(
 def test_score_returns_maps_at_input_size_and_stage_timings(fitted_patchcore: PatchCore, dataset: Dataset) -> None:
     images = [read_image(s.path) for s in dataset.test()[:3]]
     result = fitted_patchcore.score(images)
-    assert result.scores.shape == (3,) and result.maps.shape == (3, SIZE, SIZE)
+    assert result.scores.shape == (3,)
+    assert result.maps.shape == (3, SIZE, SIZE)
     assert np.all(np.isfinite(result.maps))
     assert set(result.timings_ms) == {"preprocess", "features", "search", "postprocess"}
     # Batch scoring and one-at-a-time scoring agree.
@@ -45,49 +49,92 @@ def test_score_returns_maps_at_input_size_and_stage_timings(fitted_patchcore: Pa
     np.testing.assert_allclose(result.scores, single, rtol=1e-4)
 
 
-def test_saved_model_scores_identically(fitted_patchcore: PatchCore, dataset: Dataset, tmp_path: Path) -> None:
+def test_saved_model_scores_identically(fitted_patchcore: PatchCore, patchcore_dir: Path, dataset: Dataset) -> None:
     images = [read_image(s.path) for s in dataset.test()[:4]]
     before = fitted_patchcore.score(images)
-    fitted_patchcore.save(tmp_path / "model", data={"category": "synthetic"})
-    loaded = load_model(tmp_path / "model")
+    loaded = load_scorer(patchcore_dir)
+    assert isinstance(loaded, PatchCoreScorer)
     after = loaded.score(images)
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-5)
     np.testing.assert_allclose(after.maps, before.maps, rtol=1e-5, atol=1e-4)
-    assert loaded.get_params() == fitted_patchcore.get_params()
-    # The torch runtime runs the same network as the exported ONNX graph.
-    torch_scores = load_model(tmp_path / "model", runtime="torch").score(images).scores
-    np.testing.assert_allclose(torch_scores, before.scores, rtol=1e-3)
+    assert read_manifest(patchcore_dir)["params"]["coreset_ratio"] == fitted_patchcore.coreset_ratio
+
+
+def test_torch_runtime_runs_the_same_network_as_the_onnx_export(dataset: Dataset) -> None:
+    images = [read_image(s.path) for s in dataset.test()[:4]]
+    params = {"image_size": SIZE, "coreset_ratio": 0.1}
+    onnx = PatchCore(**params).fit(dataset.train()[:8], progress=False)
+    torch_model = PatchCore(runtime="torch", **params).fit(dataset.train()[:8], progress=False)
+    assert torch_model.scorer_.runtime == "torch"
+    np.testing.assert_allclose(torch_model.score(images).scores, onnx.score(images).scores, rtol=1e-3)
+
+
+def test_save_leaves_the_fitted_model_unchanged(fitted_patchcore: PatchCore, tmp_path: Path) -> None:
+    before = dict(vars(fitted_patchcore))
+    fitted_patchcore.save(tmp_path / "model", data={"category": "elsewhere"})
+    assert vars(fitted_patchcore).keys() == before.keys()
+    assert all(vars(fitted_patchcore)[k] is v for k, v in before.items())
 
 
 @pytest.mark.parametrize("index", ["hnsw", "ivf"])
-def test_approximate_index_and_reweighting_still_separate_defects(dataset: Dataset, index: str) -> None:
+def test_approximate_index_and_reweighting_still_separate_defects(dataset: Dataset, index: str, tmp_path: Path) -> None:
     model = create_model(
         "patchcore", image_size=SIZE, coreset_ratio=0.1, index=index, image_score="reweighted", embed_dim=64
     )
     model.fit(dataset.train()[:12], progress=False)
+    assert isinstance(model, PatchCore)
     assert model.memory_bank_.shape[1] == 64
-    report, _ = evaluate(model, dataset, progress=False)
+    report, _ = evaluate(load_scorer(model.save(tmp_path / "m")), dataset, progress=False)
     assert report["image_auroc"] >= 0.85
 
 
-def test_image_score_is_the_peak_of_the_heatmap_the_operator_sees(fitted_patchcore, dataset: Dataset) -> None:
+def test_image_score_is_the_peak_of_the_heatmap_the_operator_sees(
+    patchcore_dir: Path, dataset: Dataset, tmp_path: Path
+) -> None:
     images = [read_image(s.path) for s in dataset.test()[:4]]
-    result = fitted_patchcore.score(images)
+    result = load_scorer(patchcore_dir).score(images)
     np.testing.assert_allclose(result.scores, result.maps.reshape(len(images), -1).max(axis=1), rtol=1e-6)
     # The paper's raw patch maximum is still there: it is the peak before the map is smoothed, so never lower.
-    fitted_patchcore.image_score = "patch"
-    try:
-        raw = fitted_patchcore.score(images).scores
-    finally:
-        fitted_patchcore.image_score = "map"
-    assert np.all(raw >= result.scores - 1e-4) and np.any(raw > result.scores)
-    with pytest.raises(ValueError, match="image_score must be one of"):
-        PatchCore(image_score="mean")
+    shutil.copytree(patchcore_dir, tmp_path / "m")
+    patch = load_scorer(tmp_path / "m")
+    assert isinstance(patch, PatchCoreScorer)
+    patch.image_score = "patch"
+    raw = patch.score(images).scores
+    assert np.all(raw >= result.scores - 1e-4)
+    assert np.any(raw > result.scores)
+
+
+def test_parameters_are_stored_unchanged_and_validated_by_fit() -> None:
+    model = PatchCore(image_score="mean", layers=[2, 3])  # type: ignore[arg-type]
+    assert model.layers == [2, 3]  # not converted
+    with pytest.raises(ParameterError, match="image_score must be one of"):
+        model.fit([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_get_params_and_set_params_round_trip() -> None:
+    model = PatchCore(coreset_ratio=0.05, index="hnsw", image_size=(96, 128))
+    params = model.get_params()
+    assert params["image_size"] == (96, 128)
+    assert PatchCore(**params).get_params() == params
+    clone = PatchCore().set_params(**params)
+    assert clone.get_params() == params
+    with pytest.raises(ParameterError, match="no parameter 'colour'"):
+        model.set_params(colour="red")
+
+
+def test_fitting_does_not_touch_the_global_torch_rng(dataset: Dataset) -> None:
+    import torch
+
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    PatchCore(image_size=SIZE, coreset_ratio=0.1, embed_dim=32).fit(dataset.train()[:4], progress=False)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_unfitted_model_and_empty_training_set_are_clear_errors() -> None:
     model = PatchCore()
     with pytest.raises(RuntimeError, match="not fitted"):
         model.score([np.zeros((8, 8, 3), np.uint8)])
-    with pytest.raises(ValueError, match="no training images"):
+    with pytest.raises(ParameterError, match="no training images"):
         model.fit([])

@@ -2,32 +2,80 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+import inspector
+from inspector.calibration import Verdict
 from inspector.cli import build_parser
+from inspector.components.regions import Region
+from inspector.data import Dataset
+from inspector.features.preprocess import Preprocessing
 from inspector.service.app import bind_host
 from inspector.service.config import ServiceConfigError, Settings, StoreSettings, load_settings
-from inspector.service.store import InspectionStore, new_id
-from tests.test_service import service_model_dir  # noqa: F401  (shared fixture)
+from inspector.service.schemas import Inspection
+from inspector.service.store import DB_FILE, InspectionRecord, InspectionStore, StoreReader, new_id
 
 DAY = 86400.0
+TIMINGS = {
+    "queue": 0.1,
+    "decode": 1.0,
+    "preprocess": 2.0,
+    "features": 3.0,
+    "search": 0.5,
+    "postprocess": 1.5,
+    "store": 4.0,
+    "total": 12.5,
+}
 
 
-def add(store: InspectionStore, created: float, nbytes: int = 1000, verdict: str | None = "pass") -> str:
+def add(
+    store: InspectionStore,
+    created: float,
+    nbytes: int = 1000,
+    verdict: Verdict | None = "pass",
+    score: float = 1.0,
+    model: str = "m",
+    version: str = "v1",
+) -> str:
     record_id = new_id(created)
     files = store.write_files(record_id, created, b"x" * nbytes, ".png", np.zeros((4, 4), np.float32))
-    store.insert({"id": record_id, "created": created, "model": "m", "verdict": verdict, "score": 1.0}, files)
+    record = InspectionRecord(
+        id=record_id,
+        created=created,
+        model=model,
+        model_version=version,
+        calibrated=verdict is not None,
+        calibration="mid" if verdict else None,
+        verdict=verdict,
+        score=score,
+        normalized_score=score / 2 if verdict else None,
+        threshold=2.0 if verdict else None,
+        pixel_threshold=2.0 if verdict else None,
+        regions=(),
+        width=4,
+        height=4,
+        media_type="image/png",
+        preprocessing=Preprocessing((4, 4)),
+        timings_ms=TIMINGS,
+        image_file=files.image_file,
+        map_file=files.map_file,
+        bytes=files.nbytes,
+    )
+    assert store.insert(record) == record
     return record_id
 
 
@@ -36,15 +84,21 @@ def test_retention_by_age_spares_reviewed_and_by_disk_budget_oldest_first(tmp_pa
     store = InspectionStore(StoreSettings(dir=tmp_path, retention_days=30, max_disk_mb=None, min_free_disk_mb=0))
     old, reviewed, fresh = add(store, now - 40 * DAY), add(store, now - 40 * DAY), add(store, now - DAY)
     store.review(reviewed, "defect", "keep me", None)
-    old_files = [store.path(store.get(old)[k]) for k in ("image_file", "map_file")]
+    old_record = store.get(old)
+    assert old_record is not None
+    old_files = [store.path(old_record.image_file), store.path(old_record.map_file)]
     assert store.enforce_retention(now) == 1
-    assert store.get(old) is None and store.get(reviewed) and store.get(fresh)
+    assert store.get(old) is None
+    assert store.get(reviewed)
+    assert store.get(fresh)
     assert not any(p.exists() for p in old_files)
 
     store.settings.max_disk_mb = (store.stats()[1] + store._db_bytes() - 500) / 1024 / 1024  # just over budget
     assert store.enforce_retention(now) == 1
-    assert store.get(fresh) is None and store.get(reviewed)  # unreviewed go first
-    assert store.stats()[0] == 1 and store.integrity_ok()
+    assert store.get(fresh) is None
+    assert store.get(reviewed)  # unreviewed go first
+    assert store.stats()[0] == 1
+    assert store.integrity_ok()
     store.close()
 
 
@@ -60,7 +114,8 @@ def test_files_without_a_row_are_removed_at_restart(tmp_path: Path) -> None:
     store = InspectionStore(settings)
     assert store.cleanup_orphans() == 3
     names = {p.name.split(".")[0] for p in store.files.rglob("*") if p.is_file()}
-    assert names == {kept} and not (store.files / "19700101").exists()
+    assert names == {kept}
+    assert not (store.files / "19700101").exists()
     store.close()
 
 
@@ -72,25 +127,132 @@ def test_disk_floor(tmp_path: Path) -> None:
     store.close()
 
 
+# ---- the stored format and the read-only reader ------------------------------------------------------------------
+
+# A row as the service wrote it before the record became a typed class (same columns, same `data` JSON, byte for
+# byte): a store written then must read unchanged, and a record written now must store the same bytes.
+OLD_ID = "018f0c2a3b4c5d6e7f8091a2"
+OLD_DATA = (
+    '{"model_version": "0123456789ab", "calibrated": true, "calibration": "mid", "score": 3.25, '
+    '"normalized_score": 1.625, "threshold": 2.0, "pixel_threshold": 1.5, "regions": [{"x": 10, "y": 12, '
+    '"width": 30, "height": 20, "area": 410, "peak": 3.25}, {"x": 60, "y": 5, "width": 4, "height": 3, "area": 9, '
+    '"peak": 1.75}], "width": 320, "height": 240, "media_type": "image/png", "preprocessing": {"image_size": '
+    '[256, 256], "crop_size": [224, 224]}, "timings_ms": {"queue": 0.012, "decode": 1.5, "preprocess": 0.8, '
+    '"features": 20.25, "search": 0.4, "postprocess": 1.1, "store": 3.3, "total": 28.0}}'
+)
+OLD_ROW = {
+    "id": OLD_ID,
+    "created": 1714000000.123456,
+    "model": "bottle",
+    "verdict": "fail",
+    "part_id": "A7",
+    "line": "L2",
+    "camera": None,
+    "image_file": f"20240424/{OLD_ID}.png",
+    "map_file": f"20240424/{OLD_ID}.map.npy",
+    "bytes": 12345,
+    "data": OLD_DATA,
+    "review_verdict": "defect",
+    "review_note": "burr",
+    "review_operator": "ana",
+    "reviewed_at": 1714000100.5,
+}
+
+
+def test_a_store_written_before_reads_unchanged_and_new_records_store_the_same_bytes(tmp_path: Path) -> None:
+    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=0))
+    store.close()
+    with sqlite3.connect(tmp_path / DB_FILE) as db:
+        db.execute(
+            f"INSERT INTO inspections ({', '.join(OLD_ROW)}) VALUES ({', '.join('?' * len(OLD_ROW))})",
+            tuple(OLD_ROW.values()),
+        )
+    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=0))
+    record = store.get(OLD_ID)
+    assert record is not None
+    assert record.regions == (Region(10, 12, 30, 20, 410, 3.25), Region(60, 5, 4, 3, 9, 1.75))
+    assert record.preprocessing == Preprocessing((256, 256), (224, 224))
+    assert (record.verdict, record.review_verdict, record.part_id, record.camera) == ("fail", "defect", "A7", None)
+    assert record.data_json() == OLD_DATA
+    assert StoreReader(tmp_path).get(OLD_ID) == record
+    assert store.page(verdict="fail", reviewed=True) == ([record], None)
+
+    api = Inspection.from_record(record).model_dump(mode="json")
+    assert api["regions"][0] == {"x": 10, "y": 12, "width": 30, "height": 20, "area": 410, "peak": 3.25}
+    assert api["review"]["verdict"] == "defect"
+    assert api["review"]["note"] == "burr"
+    assert api["map_url"] == f"/v1/inspections/{OLD_ID}/map.png"
+    assert api["timings_ms"]["total"] == 28.0
+
+    fresh = replace(record, id=new_id(), review_verdict=None, review_note=None, review_operator=None, reviewed_at=None)
+    store.insert(fresh)
+    with sqlite3.connect(tmp_path / DB_FILE) as db:
+        (data,) = db.execute("SELECT data FROM inspections WHERE id = ?", (fresh.id,)).fetchone()
+    assert data == OLD_DATA
+    assert json.loads(data)["regions"][1]["peak"] == 1.75
+    store.close()
+
+
+def test_the_reader_counts_and_lists_scores_without_the_store_lock(tmp_path: Path) -> None:
+    now = time.time()
+    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=0))
+    old = add(store, now - DAY, verdict="review", score=1.0)
+    review = add(store, now - 10, verdict="review", score=2.0)
+    add(store, now - 5, verdict=None, score=3.0)
+    newest = add(store, now, verdict="fail", score=4.0, version="v2")
+    add(store, now, verdict="pass", model="other")
+    store.review(review, "good", "", None)
+    reader = StoreReader(tmp_path)
+    with store._lock:  # the store is busy: the reader does not wait for it
+        counts = reader.summary(now - 60, "m", recent_since=now - 7)
+        everything = reader.summary(0.0, None, recent_since=now + 1)
+        scores = reader.recent_scores("m", "v1", limit=10)
+        latest = reader.recent_scores("m", "v2", limit=10)
+    assert counts.verdicts == {"pass": 0, "review": 1, "fail": 1, "none": 1}
+    assert counts.reviewed == 1
+    assert counts.review_open == 1  # `old`: any time, not only since
+    assert counts.recent == 2
+    assert everything.verdicts == {"pass": 1, "review": 2, "fail": 1, "none": 1}
+    assert everything.recent == 0
+    assert [(s.score, s.review) for s in scores] == [(3.0, None), (2.0, "good"), (1.0, None)]
+    assert [s.score for s in latest] == [4.0]
+    assert reader.count() == 5
+    assert reader.integrity_ok()
+    assert [r.id for r in reader.iter_all(model="m", verdict="review")] == [review, old]
+    assert reader.path(store.get(newest).image_file).is_file()
+    store.close()
+
+
 # ---- settings -----------------------------------------------------------------------------------------------------
 
 
 def test_settings_from_yaml_toml_env_and_flags(tmp_path: Path) -> None:
     yaml_file = tmp_path / "s.yaml"
-    yaml_file.write_text("port: 9000\nworkers: 2\nmodels:\n  - dir: models/bottle\n  - {dir: m/s2, name: screw}\n"
-                         "store:\n  dir: /data/insp\n  max_disk_mb: 500\ncamera_key: from-file\n")  # fmt: skip
+    yaml_file.write_text(
+        "port: 9000\nworkers: 2\nmodels:\n  - dir: models/bottle\n  - {dir: m/s2, name: screw}\n"
+        "store:\n  dir: /data/insp\n  max_disk_mb: 500\ncamera_key: from-file\n"
+    )
     s = load_settings(yaml_file, env={})
     assert (s.port, s.workers, s.store.max_disk_mb, s.store.dir) == (9000, 2, 500, Path("/data/insp"))
-    assert [m.name for m in s.models] == ["bottle", "screw"] and s.camera_key.get_secret_value() == "from-file"
+    assert [m.name for m in s.models] == ["bottle", "screw"]
+    assert s.camera_key.get_secret_value() == "from-file"
     assert "from-file" not in repr(s)
 
     toml_file = tmp_path / "s.toml"
     toml_file.write_text("port = 9100\n[store]\nretention_days = 7\n")
-    env = {"INSPECTOR_STORE_DIR": "/env/store", "INSPECTOR_OPERATOR_KEY": "op", "INSPECTOR_PORT": "9200",
-           "INSPECTOR_MODELS": "a=models/x:models/y", "INSPECTOR_STORE_MAX_DISK_MB": "null"}  # fmt: skip
+    env = {
+        "INSPECTOR_STORE_DIR": "/env/store",
+        "INSPECTOR_OPERATOR_KEY": "op",
+        "INSPECTOR_PORT": "9200",
+        "INSPECTOR_MODELS": "a=models/x:models/y",
+        "INSPECTOR_STORE_MAX_DISK_MB": "null",
+    }
     s = load_settings(toml_file, env=env, overrides={"port": 9300, "workers": None})
-    assert s.port == 9300 and s.store.retention_days == 7 and s.store.dir == Path("/env/store")
-    assert s.operator_key.get_secret_value() == "op" and s.store.max_disk_mb is None
+    assert s.port == 9300
+    assert s.store.retention_days == 7
+    assert s.store.dir == Path("/env/store")
+    assert s.operator_key.get_secret_value() == "op"
+    assert s.store.max_disk_mb is None
     assert [(m.name, str(m.dir)) for m in s.models] == [("a", "models/x"), ("y", "models/y")]
     assert load_settings(env={"INSPECTOR_SERVICE_CONFIG": str(toml_file)}).port == 9100
 
@@ -117,13 +279,21 @@ def test_serve_help_documents_every_key(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     out = capsys.readouterr().out
-    for needle in ("INSPECTOR_CAMERA_KEY", "INSPECTOR_OPERATOR_KEY", "INSPECTOR_STORE_DIR", "store.max_disk_mb",
-                   "store.retention_days", "queue_size", "allow_remote_without_keys", "YAML or TOML"):  # fmt: skip
+    for needle in (
+        "INSPECTOR_CAMERA_KEY",
+        "INSPECTOR_OPERATOR_KEY",
+        "INSPECTOR_STORE_DIR",
+        "store.max_disk_mb",
+        "store.retention_days",
+        "queue_size",
+        "allow_remote_without_keys",
+        "YAML or TOML",
+    ):
         assert needle in out, needle
 
 
 def test_example_config_is_valid() -> None:
-    example = Path(__file__).resolve().parents[1] / "configs" / "service.example.yaml"
+    example = Path(inspector.__file__).parent / "configs" / "service.example.yaml"
     assert load_settings(example, env={}).store.synchronous == "full"
 
 
@@ -136,11 +306,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_kill_9_during_writes_loses_no_acknowledged_inspection(service_model_dir: Path, tmp_path: Path,  # noqa: F811
-                                                               dataset) -> None:  # fmt: skip
+def test_kill_9_during_writes_loses_no_acknowledged_inspection(
+    service_model_dir: Path,
+    tmp_path: Path,
+    dataset: Dataset,
+) -> None:
     store_dir, port = tmp_path / "store", free_port()
-    cmd = [sys.executable, "-m", "inspector", "serve", "--model-dir", str(service_model_dir), "--store-dir",
-           str(store_dir), "--port", str(port), "--workers", "2", "--queue-size", "8"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "inspector",
+        "serve",
+        "--model-dir",
+        str(service_model_dir),
+        "--store-dir",
+        str(store_dir),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--queue-size",
+        "8",
+    ]
     env = {**os.environ, "INSPECTOR_STORE_MIN_FREE_DISK_MB": "0", "INSPECTOR_WARMUP_RUNS": "1"}
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -193,7 +380,8 @@ def test_kill_9_during_writes_loses_no_acknowledged_inspection(service_model_dir
     for record_id in acked:
         record = store.get(record_id)
         assert record is not None, f"acknowledged {record_id} lost"
-        assert store.path(record["image_file"]).is_file() and store.path(record["map_file"]).is_file()
+        assert store.path(record.image_file).is_file()
+        assert store.path(record.map_file).is_file()
     on_disk = {p.name.split(".")[0] for p in store.files.rglob("*") if p.is_file()}
-    assert on_disk == {r["id"] for r in store.iter_all()}  # no orphans left, no record without files
+    assert on_disk == {r.id for r in store.iter_all()}  # no orphans left, no record without files
     store.close()

@@ -39,7 +39,8 @@ def test_layout_counts_and_masks(tmp_path: Path) -> None:
         if sample.is_defect:
             assert sample.mask_path is not None
             mask = read_mask(sample.mask_path)
-            assert mask.shape == image.shape[:2] and 0 < mask.mean() < 0.2
+            assert mask.shape == image.shape[:2]
+            assert 0 < mask.mean() < 0.2
 
 
 def test_masks_are_binary_png_and_defects_small(tmp_path: Path) -> None:
@@ -48,7 +49,9 @@ def test_masks_are_binary_png_and_defects_small(tmp_path: Path) -> None:
         for i in range(3):
             raw = cv2.imread(str(path / "ground_truth" / defect / f"{i:03d}_mask.png"), cv2.IMREAD_UNCHANGED)
             image = cv2.imread(str(path / "test" / defect / f"{i:03d}.png"), cv2.IMREAD_UNCHANGED)
-            assert raw.dtype == np.uint8 and raw.ndim == 2 and image.shape == (*raw.shape, 3)
+            assert raw.dtype == np.uint8
+            assert raw.ndim == 2
+            assert image.shape == (*raw.shape, 3)
             assert set(np.unique(raw)) == {0, 255}
             area = (raw > 0).mean()
             assert 0.0005 < area < 0.05, (defect, i, area)  # visible, but a few % of the image at most

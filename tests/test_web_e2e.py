@@ -1,4 +1,4 @@
-"""The operator page (web/) in a real headless Chromium against a live service, and the endpoints it relies on.
+"""The operator page (service/web/) in a real headless Chromium against a live service, and the endpoints it relies on.
 
 The browser tests need Debian's `chromium` at /usr/bin/chromium and the `playwright` Python package (never its
 browser download); without them they skip. `INSPECTOR_SCREENSHOTS=docs/screenshots pytest tests/test_web_e2e.py`
@@ -25,15 +25,22 @@ import pytest
 
 from inspector.calibration import Calibration, save_calibration
 from inspector.data import Dataset, read_image
-from inspector.models import PatchCore
-from inspector.service import events
-from inspector.service.app import create_app
+from inspector.models.estimators import PatchCore
+from inspector.service.app import DEFAULT_WEB_DIR, create_app
 from inspector.service.config import ModelSpec, Settings, StoreSettings
+from inspector.service.server import Server
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
-WEB = Path(__file__).resolve().parents[1] / "web"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+WEB = DEFAULT_WEB_DIR  # the page as the package ships it
 CAMERA, OPERATOR = "camera-key-e2e", "operator-key-e2e"
 SCREEN = {"width": 1366, "height": 768}  # the line PC
 BAND = (0.9, 1.2)
@@ -50,8 +57,9 @@ class Service:
 
     def inspect(self, kind: str, **params: str) -> dict[str, Any]:
         with self.client() as c:
-            r = c.post("/v1/inspect", files={"image": ("part.png", self.parts[kind].read_bytes(), "image/png")},
-                       params=params)  # fmt: skip
+            r = c.post(
+                "/v1/inspect", files={"image": ("part.png", self.parts[kind].read_bytes(), "image/png")}, params=params
+            )
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -85,9 +93,16 @@ def service(
     parts = {"pass": by_score[0][1].path, "review": middle[1].path, "fail": by_score[-1][1].path}
     assert [line.verdict(s) for s in (by_score[0][0], middle[0], by_score[-1][0])] == ["pass", "review", "fail"]
 
-    settings = Settings(models=[ModelSpec(dir=model_dir)], warmup_runs=1, threads=2, camera_key=CAMERA,
-                        operator_key=OPERATOR, web_dir=WEB, log_level="warning",
-                        store=StoreSettings(dir=root / "store", min_free_disk_mb=0))  # fmt: skip
+    settings = Settings(
+        models=[ModelSpec(dir=model_dir)],
+        warmup_runs=1,
+        threads=2,
+        camera_key=CAMERA,
+        operator_key=OPERATOR,
+        web_dir=WEB,
+        log_level="warning",
+        store=StoreSettings(dir=root / "store", min_free_disk_mb=0),
+    )
     with serving(settings) as (url, _):
         svc = Service(url, model_dir, parts)
         for i, sample in enumerate(samples):  # a history to look at: every test image once
@@ -148,7 +163,8 @@ def test_page_loads_offline_and_asks_for_the_operator_key(page: Any, service: Se
     page.click("#key-form button[type=submit]")
     page.wait_for_selector("#connection[data-state=live]")
     page.wait_for_selector("#history-strip li[data-id]")
-    assert page.text_content("#model") == "synthetic" and "line" in page.text_content("#calibration")
+    assert page.text_content("#model") == "synthetic"
+    assert "line" in page.text_content("#calibration")
     page.wait_for_selector("#counters .tile.total")
     inspected = int(page.text_content("#counters .tile.total .number").replace(",", ""))
     assert inspected >= len(service.parts)
@@ -189,8 +205,9 @@ def test_review_needs_the_operator_key_and_persists_across_reload(page: Any, ser
     page.wait_for_selector("#key-dialog[open]")
     assert "operator key" in page.text_content("#key-reason")
     page.click("#key-form button.cancel")
-    page.wait_for_function("id => document.querySelector(`#queue li[data-id='${id}'] .form-error`).textContent",
-                           arg=record["id"])  # fmt: skip
+    page.wait_for_function(
+        "id => document.querySelector(`#queue li[data-id='${id}'] .form-error`).textContent", arg=record["id"]
+    )
     assert service.get(f"/v1/inspections/{record['id']}")["review"] is None
 
     card.locator("button.defect").click()
@@ -198,7 +215,8 @@ def test_review_needs_the_operator_key_and_persists_across_reload(page: Any, ser
     page.click("#key-form button[type=submit]")
     page.wait_for_selector(f"#reviewed li[data-id='{record['id']}']")
     review = service.get(f"/v1/inspections/{record['id']}")["review"]
-    assert review["verdict"] == "defect" and review["note"] == "burr on the rim"
+    assert review["verdict"] == "defect"
+    assert review["note"] == "burr on the rim"
 
     page.goto(f"{service.url}/#/live/{record['id']}")  # the detail view, after a reload
     page.reload()
@@ -238,8 +256,13 @@ def test_switching_calibration_asks_for_the_key_and_a_confirmation(page: Any, se
 
 
 def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp_path: Path) -> None:
-    settings = Settings(models=[ModelSpec(dir=service.model_dir)], warmup_runs=0, threads=1, web_dir=WEB,
-                        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0))  # fmt: skip
+    settings = Settings(
+        models=[ModelSpec(dir=service.model_dir)],
+        warmup_runs=0,
+        threads=1,
+        web_dir=WEB,
+        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
+    )
     with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
         page = context.new_page()
         page.goto(url)
@@ -297,26 +320,33 @@ def test_events_summary_scores_and_thumbnails(service: Service) -> None:
             with service.client(OPERATOR) as op:
                 op.post(f"/v1/inspections/{record['id']}/review", json={"verdict": "defect"}).raise_for_status()
             received = [read_event(lines), read_event(lines)]
-        assert [(kind, data["id"]) for kind, data in received] == [("inspection", record["id"]),
-                                                                  ("review", record["id"])]  # fmt: skip
-        assert received[0][1]["verdict"] == "fail" and received[1][1]["review"]["verdict"] == "defect"
+        assert [(kind, data["id"]) for kind, data in received] == [
+            ("inspection", record["id"]),
+            ("review", record["id"]),
+        ]
+        assert received[0][1]["verdict"] == "fail"
+        assert received[1][1]["review"]["verdict"] == "defect"
 
         after = c.get("/v1/summary", params={"since": "2020-01-01T00:00:00Z", "model": "synthetic"}).json()
         assert after["inspected"] == before["inspected"] + 1 == sum(after["verdicts"].values())
         assert after["verdicts"]["fail"] == before["verdicts"]["fail"] + 1
-        assert after["reviewed"] == before["reviewed"] + 1 and after["per_minute"] > 0
+        assert after["reviewed"] == before["reviewed"] + 1
+        assert after["per_minute"] > 0
         open_reviews = c.get("/v1/inspections", params={"verdict": "review", "reviewed": False, "limit": 500})
         assert after["review_open"] == len(open_reviews.json()["items"])
         future = c.get("/v1/summary", params={"since": "2999-01-01T00:00:00Z"}).json()
-        assert future["inspected"] == 0 and set(future["verdicts"]) == {"pass", "review", "fail", "none"}
+        assert future["inspected"] == 0
+        assert set(future["verdicts"]) == {"pass", "review", "fail", "none"}
 
         scores = c.get("/v1/scores", params={"limit": 3}).json()
-        assert scores["model"] == "synthetic" and len(scores["points"]) == 3
+        assert scores["model"] == "synthetic"
+        assert len(scores["points"]) == 3
         assert scores["points"][0] == {"score": pytest.approx(record["score"]), "review": "defect"}
 
         thumb = c.get(f"/v1/inspections/{record['id']}/thumbnail.jpg", params={"size": 64})
         image = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
-        assert thumb.headers["content-type"] == "image/jpeg" and max(image.shape[:2]) == 64
+        assert thumb.headers["content-type"] == "image/jpeg"
+        assert max(image.shape[:2]) == 64
         assert c.get("/v1/inspections/0123456789abcdef01234567/thumbnail.jpg").status_code == 404
 
 
@@ -334,8 +364,12 @@ def read_event(lines: Iterator[str]) -> tuple[str, dict[str, Any]]:
 
 
 def test_stopping_the_server_ends_open_event_streams(service: Service, tmp_path: Path) -> None:
-    settings = Settings(models=[ModelSpec(dir=service.model_dir)], warmup_runs=0, threads=1,
-                        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0))  # fmt: skip
+    settings = Settings(
+        models=[ModelSpec(dir=service.model_dir)],
+        warmup_runs=0,
+        threads=1,
+        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
+    )
     with serving(settings) as (url, server), httpx.stream("GET", f"{url}/v1/events", timeout=30) as stream:
         lines = stream.iter_lines()
         assert next(lines) == ": connected"
@@ -346,12 +380,12 @@ def test_stopping_the_server_ends_open_event_streams(service: Service, tmp_path:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[tuple[str, events.Server]]:
-    """The app under `events.Server` on a free loopback port in a thread; yields its URL once ready."""
+def serving(settings: Settings) -> Iterator[tuple[str, Server]]:
+    """The app under `service.server.Server` on a free loopback port in a thread; yields its URL once ready."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = events.Server(create_app(settings), log_level="warning")
+    server = Server(create_app(settings), log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

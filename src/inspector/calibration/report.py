@@ -12,12 +12,11 @@ import html
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from inspector import metrics
+from inspector.calibration.calibration import Calibration
 from inspector.calibration.rules import RULES, check_scores, upper_bound
-from inspector.calibration.store import Calibration
+from inspector.evaluation import metrics
 
 GOOD_COLOR = "#2a7ab0"
 DEFECT_COLOR = "#d1495b"
@@ -156,7 +155,8 @@ def _operating_point(y: np.ndarray, s: np.ndarray, t: float) -> tuple[float, flo
     """(false-reject rate, recall, precision) at threshold t."""
     fail = s >= t
     tp = np.count_nonzero(fail & y)
-    return np.count_nonzero(fail & ~y) / (~y).sum(), tp / y.sum(), tp / max(1, np.count_nonzero(fail))
+    n_good, n_defect = int(np.count_nonzero(~y)), int(np.count_nonzero(y))
+    return np.count_nonzero(fail & ~y) / n_good, tp / n_defect, tp / max(1, int(np.count_nonzero(fail)))
 
 
 def _roc(ax: Any, y: np.ndarray, s: np.ndarray, c: Calibration) -> None:
@@ -308,15 +308,3 @@ def _html_matrix(title: str, counts: dict[str, Any] | None) -> str:
         f"{row('defective', counts['escape'], counts['true_fail'])}</table>"
         f"<p>false-reject rate {pct(counts['false_reject_rate'])}, escape rate {pct(counts['escape_rate'])}</p>"
     )
-
-
-# ---- pictures of single parts --------------------------------------------------------------------------------
-
-
-def outline_regions(picture: np.ndarray, amap: np.ndarray, threshold: float) -> np.ndarray:
-    """Draw the outlines of map regions at or above the pixel threshold on an RGB picture of the same size."""
-    regions = (amap >= threshold).astype(np.uint8)
-    contours, _ = cv2.findContours(regions, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    out = np.ascontiguousarray(picture).copy()
-    cv2.drawContours(out, contours, -1, (255, 255, 255), 2)
-    return out

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from inspector import metrics
-from inspector.calibration.store import Calibration, CalibrationError
+from inspector.calibration.calibration import DEFAULT_CONFIDENCE, DEFAULT_PIXEL_QUANTILE, Calibration, CalibrationError
+from inspector.evaluation import metrics
 
 RULES: dict[str, str] = {
     "f1": "highest F1 on the precision-recall curve",
@@ -32,8 +32,6 @@ RULES: dict[str, str] = {
     "recall": "highest threshold whose recall on these images meets the target (fewest false rejects)",
     "normal": "k-th highest held-out good score, k chosen so the false-reject rate meets the target with confidence",
 }
-DEFAULT_CONFIDENCE = 0.95
-DEFAULT_PIXEL_QUANTILE = 0.999
 _EPS = 1e-9  # guards floor/ceil of target * n against rounding (0.29 * 100 = 28.999...)
 
 
@@ -178,14 +176,14 @@ def choose_threshold(
     elif rule == "youden":
         threshold = youden_threshold(y, s)
     elif rule == "fpr":
-        targets["false_reject_rate"] = target_fpr
-        threshold = fpr_threshold(y, s, target_fpr)
+        targets["false_reject_rate"] = fpr = _required(target_fpr)
+        threshold = fpr_threshold(y, s, fpr)
     elif rule == "recall":
-        targets["recall"] = target_recall
-        threshold = recall_threshold(y, s, target_recall)
+        targets["recall"] = recall = _required(target_recall)
+        threshold = recall_threshold(y, s, recall)
     else:
-        targets["false_reject_rate"] = target_fpr
-        k, met = normal_order_statistic(n_good, target_fpr, confidence)
+        targets["false_reject_rate"] = fpr = _required(target_fpr)
+        k, met = normal_order_statistic(n_good, fpr, confidence)
         threshold = float(np.sort(s[~y])[::-1][k - 1])
 
     expected = rates_at(y, s, threshold, confidence)
@@ -197,19 +195,26 @@ def choose_threshold(
             bound_method="order statistic (distribution-free)",
         )
         if not met:
-            needed = good_images_needed(target_fpr, confidence)
+            needed = good_images_needed(fpr, confidence)
             expected["good_images_needed"] = needed
             expected["note"] = (
-                f"{n_good} held-out good images cannot show a false-reject rate <= {100 * target_fpr:.3g}% at "
+                f"{n_good} held-out good images cannot show a false-reject rate <= {100 * fpr:.3g}% at "
                 f"{confidence:.0%} confidence (that needs >= {needed}); the threshold is the highest good score, which "
                 f"promises <= {100 * expected['false_reject_rate_upper']:.3g}%. Add good images, lower --confidence or "
                 "accept that bound."
             )
     if "false_reject_rate" in targets:
-        expected["target_met"] = expected["false_reject_rate_upper"] <= target_fpr
+        expected["target_met"] = expected["false_reject_rate_upper"] <= targets["false_reject_rate"]
     elif "recall" in targets:
-        expected["target_met"] = expected["escape_rate_upper"] <= 1.0 - target_recall
+        expected["target_met"] = expected["escape_rate_upper"] <= 1.0 - targets["recall"]
     return ThresholdChoice(float(threshold), rule, targets, expected)
+
+
+def _required(target: float | None) -> float:
+    """A target that `check_targets` has already required for the rule at hand."""
+    if target is None:
+        raise CalibrationError("this rule needs a target")
+    return target
 
 
 def check_targets(rule: str, target_fpr: float | None, target_recall: float | None) -> None:
@@ -296,3 +301,22 @@ def confusion_counts(labels: np.ndarray, scores: np.ndarray, calibration: Calibr
             for cls, mask in (("good", good), ("defective", bad))
         }
     return out
+
+
+def decision_report(labels: np.ndarray, scores: np.ndarray, calibration: Calibration | None) -> dict[str, Any]:
+    """Confusion counts, false-reject and escape rate at the active calibration (nulls without one), so a report
+    says what the line would have done with these parts, not only how well the scores rank them."""
+    if calibration is None:
+        return {"calibration": None, "confusion": None, "false_reject_rate": None, "escape_rate": None}
+    counts = confusion_counts(np.asarray(labels, dtype=bool), np.asarray(scores), calibration)
+    return {
+        "calibration": {
+            "name": calibration.name,
+            "rule": calibration.rule,
+            "image_threshold": calibration.image_threshold,
+            "review_band": calibration.review_band,
+        },
+        "confusion": {k: v for k, v in counts.items() if not k.endswith("_rate")},
+        "false_reject_rate": counts["false_reject_rate"],
+        "escape_rate": counts["escape_rate"],
+    }

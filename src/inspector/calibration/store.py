@@ -12,83 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
 
-from inspector.modeldir import write_atomic
+from inspector.calibration.calibration import Calibration, CalibrationError
+from inspector.common.files import write_atomic
+from inspector.models.persistence import MANIFEST
 
 ACTIVE_FILE = "calibration.json"
 ARCHIVE_DIR = "calibrations"
-Verdict = Literal["pass", "review", "fail"]
 
 
-class CalibrationError(ValueError):
-    """A calibration that is missing, damaged or does not belong to the model."""
-
-
-@dataclass
-class Calibration:
-    """Thresholds and what they are expected to do on the line.
-
-    `review_band` is in normalised units (multiples of the image threshold): scores inside [low, high] go to a
-    person, below `low` pass, above `high` fail. Without a band, normalised score >= 1.0 fails.
-    """
-
-    image_threshold: float
-    rule: str
-    name: str = ""
-    pixel_threshold: float | None = None
-    review_band: tuple[float, float] | None = None
-    targets: dict[str, float] = field(default_factory=dict)
-    expected: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    model_fingerprint: str = ""
-    created: str = ""
-    pixel_rule: str = ""  # how pixel_threshold was chosen (masks or good-image map statistics)
-
-    def __post_init__(self) -> None:
-        if not (self.image_threshold > 0 and self.image_threshold < float("inf")):
-            raise CalibrationError(f"image threshold must be a positive number, got {self.image_threshold}")
-        if self.review_band is not None:
-            low, high = (float(v) for v in self.review_band)
-            if not 0 < low <= 1.0 <= high:
-                raise CalibrationError(f"review band must satisfy 0 < low <= 1 <= high, got {low}:{high}")
-            self.review_band = (low, high)
-        if not self.created:
-            self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if not self.name:
-            stamp = re.sub(r"[^0-9T]", "", self.created)[:15]
-            self.name = f"{self.rule}-{stamp}"
-
-    def normalized(self, score: float) -> float:
-        """The score as a multiple of the threshold: 1.0 is exactly at the threshold."""
-        return float(score) / self.image_threshold
-
-    def verdict(self, score: float) -> Verdict:
-        n = self.normalized(score)
-        if self.review_band is not None:
-            low, high = self.review_band
-            return "pass" if n < low else "fail" if n > high else "review"
-        return "fail" if n >= 1.0 else "pass"
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["review_band"] = list(self.review_band) if self.review_band else None
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if known.get("review_band") is not None:
-            known["review_band"] = tuple(known["review_band"])
-        return cls(**known)
+class CalibrationNotFound(CalibrationError):
+    """No archived calibration of that name."""
 
 
 def model_fingerprint(model_dir: Path) -> str:
     """Checksum of the model's manifest: changes whenever the model is re-fitted."""
-    manifest = Path(model_dir) / "manifest.json"
+    manifest = Path(model_dir) / MANIFEST
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else ""
 
 
@@ -121,19 +61,26 @@ def load_active_calibration(model_dir: Path, allow_stale: bool = False) -> Calib
     if not path.is_file():
         return None
     calibration = _read(path)
-    current = model_fingerprint(Path(model_dir))
-    if not allow_stale and calibration.model_fingerprint and current and calibration.model_fingerprint != current:
+    if not allow_stale and is_stale(calibration, model_fingerprint(Path(model_dir))):
         raise CalibrationError(f"{path} was made for an earlier fit of this model; run `inspector calibrate` again")
     return calibration
 
 
+def is_stale(calibration: Calibration, fingerprint: str) -> bool:
+    """True when the calibration was made for another fit than the model whose manifest has `fingerprint`
+    (one that records no fingerprint, or a model without a manifest, cannot be judged and is not stale)."""
+    return bool(calibration.model_fingerprint and fingerprint and calibration.model_fingerprint != fingerprint)
+
+
 def activate_calibration(model_dir: Path, name: str) -> Calibration:
-    """Make an archived calibration the active one (no re-fit, no re-export)."""
+    """Make an archived calibration the active one (no re-fit, no re-export); a stale one is refused."""
     path = Path(model_dir) / ARCHIVE_DIR / f"{name}.json"
     if not path.is_file():
         names = ", ".join(c.name for c in list_calibrations(model_dir)) or "none"
-        raise CalibrationError(f"no calibration named '{name}' for {model_dir} (available: {names})")
+        raise CalibrationNotFound(f"no calibration named '{name}' for {model_dir} (available: {names})")
     calibration = _read(path)
+    if is_stale(calibration, model_fingerprint(Path(model_dir))):
+        raise CalibrationError(f"calibration '{name}' was made for an earlier fit of {model_dir}; calibrate again")
     write_atomic(Path(model_dir) / ACTIVE_FILE, path.read_bytes())
     return calibration
 

@@ -6,50 +6,32 @@ The CLI and the benchmark share these steps, so what `inspector calibrate` promi
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from inspector.calibration.calibration import DEFAULT_CONFIDENCE, DEFAULT_PIXEL_QUANTILE, Calibration, CalibrationError
 from inspector.calibration.rules import (
-    DEFAULT_CONFIDENCE,
-    DEFAULT_PIXEL_QUANTILE,
     choose_threshold,
     confusion_counts,
     pixel_threshold_from_masks,
     pixel_threshold_from_normals,
 )
-from inspector.calibration.store import Calibration, CalibrationError
-from inspector.data import Dataset, list_images, read_image
-from inspector.data.mvtec import GOOD, Sample
-from inspector.evaluate import _mask_at
-from inspector.models import AnomalyModel
+from inspector.data.mvtec import GOOD, Dataset, Sample, list_images
+from inspector.evaluation.scoring import Scored, score_samples
+from inspector.models.scoring import Scorer
 
 
 @dataclass
 class CalibrationImages:
-    """The chosen images and, for calibration.json, where they came from."""
+    """The chosen images, where they came from (for calibration.json) and warnings for the person calibrating."""
 
     samples: list[Sample]
     source: dict[str, Any]
-
-
-@dataclass
-class Scored:
-    """Scores of some images; maps (and masks, where defects have them) at the network's input size."""
-
-    samples: list[Sample]
-    scores: np.ndarray
-    maps: np.ndarray | None = None
-    masks: np.ndarray | None = None
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([s.is_defect for s in self.samples], dtype=bool)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---- which images --------------------------------------------------------------------------------------------
@@ -86,10 +68,10 @@ def _existing_dir(folder: str | Path, flag: str) -> Path:
     return folder
 
 
-def training_overlap(samples: list[Sample], model: AnomalyModel) -> list[Sample] | None:
+def training_overlap(samples: list[Sample], scorer: Scorer) -> list[Sample] | None:
     """The samples that are among the model's training images (same file, or an identical copy), or None when the
     model does not record where it was fitted. Their scores are optimistic: the memory bank contains them."""
-    train_dir = getattr(model, "data_info_", {}).get("train_dir")
+    train_dir = scorer.data_info.get("train_dir")
     if not train_dir or not Path(train_dir).is_dir():
         return None
     train = list_images(Path(train_dir))
@@ -106,6 +88,60 @@ def training_overlap(samples: list[Sample], model: AnomalyModel) -> list[Sample]
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def choose_images(
+    scorer: Scorer,
+    category: str | None = None,
+    data_root: str | Path | None = None,
+    normal_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    allow_train: bool = False,
+) -> CalibrationImages:
+    """The images to calibrate on, minus the model's training images (their scores are optimistic; `allow_train`
+    keeps them), where they came from, and warnings to show. Without a folder the model's own category is used."""
+    if normal_dir:
+        chosen = normal_images(normal_dir)
+    elif images_dir:
+        chosen = labelled_folder_images(images_dir)
+    else:
+        category = category or scorer.data_info.get("category")
+        if not category or data_root is None:
+            raise CalibrationError(
+                "say which images to calibrate on: --category NAME, --normal-dir DIR or --images-dir DIR"
+            )
+        chosen = category_images(data_root, category)
+    samples, source = chosen.samples, dict(chosen.source)
+    if not samples:
+        raise CalibrationError(f"no images found in {source.get('dir') or source.get('category')}")
+    overlap = training_overlap(samples, scorer)
+    warnings: list[str] = []
+    if overlap is None:
+        warnings.append(
+            "the model does not record its training images, so they cannot be left out; make sure these images "
+            "were not used to fit it"
+        )
+    elif overlap and allow_train:
+        warnings.append(
+            f"{len(overlap)} of {len(samples)} images were used to fit this model and are kept (--allow-train): "
+            "their scores are optimistic, so the threshold comes out too low and the line will reject more good "
+            "parts than stated"
+        )
+        source["training_images_included"] = len(overlap)
+    elif overlap:
+        if len(overlap) == len(samples):
+            raise CalibrationError(
+                f"all {len(samples)} images were used to fit this model; their optimistic scores would set the "
+                "threshold too low. Calibrate on held-out images (or --allow-train)"
+            )
+        warnings.append(
+            f"{len(overlap)} of {len(samples)} images were used to fit this model (e.g. {overlap[0].path}); their "
+            "scores are optimistic, so they are left out (--allow-train keeps them)"
+        )
+        left_out = set(overlap)
+        samples = [s for s in samples if s not in left_out]
+        source["training_images_excluded"] = len(overlap)
+    return CalibrationImages(samples, source, warnings)
 
 
 def split_holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -128,30 +164,11 @@ def split_holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[li
 # ---- scoring -------------------------------------------------------------------------------------------------
 
 
-def score_images(model: AnomalyModel, samples: list[Sample], keep_maps: bool = True, progress: bool = True) -> Scored:
+def score_images(scorer: Scorer, samples: list[Sample], keep_maps: bool = True, progress: bool = True) -> Scored:
     """Score in the model's batch size; keep maps and masks only when a pixel threshold is to be set from them."""
     if not samples:
         raise CalibrationError("no images to score")
-    h, w = model.preprocessing_.input_size
-    scores = np.empty(len(samples), dtype=np.float64)
-    maps = np.empty((len(samples), h, w), dtype=np.float32) if keep_maps else None
-    has_masks = keep_maps and any(s.mask_path is not None for s in samples)
-    masks = np.zeros((len(samples), h, w), dtype=bool) if has_masks else None
-    batch = max(1, int(getattr(model, "batch_size", 8)))
-    bar = tqdm(total=len(samples), desc="calibrate", unit="img", disable=not progress, file=sys.stderr)
-    for start in range(0, len(samples), batch):
-        chunk = samples[start : start + batch]
-        images = [read_image(s.path) for s in chunk]
-        result = model.score(images)
-        scores[start : start + len(chunk)] = result.scores
-        if maps is not None:
-            maps[start : start + len(chunk)] = result.maps
-        for i, (sample, image) in enumerate(zip(chunk, images, strict=True)):
-            if masks is not None and sample.mask_path is not None:
-                masks[start + i] = _mask_at(model, sample.mask_path, image.shape[:2])
-        bar.update(len(chunk))
-    bar.close()
-    return Scored(samples, scores, maps, masks)
+    return score_samples(scorer, samples, scorer.batch_size, keep_maps=keep_maps, progress=progress, desc="calibrate")
 
 
 # ---- deciding ------------------------------------------------------------------------------------------------
@@ -176,7 +193,7 @@ def pixel_threshold(scored: Scored, quantile: float = DEFAULT_PIXEL_QUANTILE) ->
         return None, "none (maps not kept)"
     labels = scored.labels
     if scored.masks is not None:
-        usable = ~labels | np.array([s.mask_path is not None for s in scored.samples])
+        usable = scored.pixel_usable
         if scored.masks[usable].any():
             threshold = pixel_threshold_from_masks(scored.maps[usable], scored.masks[usable])
             return threshold, f"best pixel F1 on the masks of {int(usable.sum())} images"

@@ -15,26 +15,42 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
+
+
+def seeded_conv(
+    in_channels: int, out_channels: int, kernel_size: int, generator: torch.Generator, padding: int = 0
+) -> nn.Conv2d:
+    """A Conv2d with torch's default initialisation drawn from `generator` instead of the global RNG."""
+    conv = skip_init(nn.Conv2d, in_channels, out_channels, kernel_size, padding=padding)
+    nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=generator)
+    bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+    nn.init.uniform_(conv.bias, -bound, bound, generator=generator)
+    return conv
 
 
 class CouplingBlock(nn.Module):
     """x -> permute(global_affine([x1, x2 * exp(s(x1)) + t(x1)])), with log|det J| per sample."""
 
-    def __init__(self, channels: int, kernel_size: int, hidden_ratio: float, clamp: float = 2.0) -> None:
+    permutation: torch.Tensor
+
+    def __init__(
+        self, channels: int, kernel_size: int, hidden_ratio: float, generator: torch.Generator, clamp: float = 2.0
+    ) -> None:
         super().__init__()
         self.passive = channels - channels // 2
         self.active = channels // 2
         hidden = max(1, int(self.passive * hidden_ratio))
         self.subnet = nn.Sequential(
-            nn.Conv2d(self.passive, hidden, kernel_size, padding=kernel_size // 2),
+            seeded_conv(self.passive, hidden, kernel_size, generator, padding=kernel_size // 2),
             nn.ReLU(),
-            nn.Conv2d(hidden, 2 * self.active, kernel_size, padding=kernel_size // 2),
+            seeded_conv(hidden, 2 * self.active, kernel_size, generator, padding=kernel_size // 2),
         )
         self.clamp = clamp
         # Pre-activation of the global scale: 0.1 * softplus(v, beta=0.5) == 1 at start, as in FrEIA.
         self.global_scale = nn.Parameter(torch.full((1, channels, 1, 1), 2.0 * math.log(math.exp(5.0) - 1.0)))
         self.global_offset = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.register_buffer("permutation", torch.randperm(channels))  # fixed; drawn from torch's global RNG
+        self.register_buffer("permutation", torch.randperm(channels, generator=generator))  # fixed
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x1, x2 = x[:, : self.passive], x[:, self.passive :]
@@ -51,8 +67,18 @@ class FlowStack(nn.Module):
     """FastFlow's per-stage flow: a fixed input standardisation, then `steps` coupling blocks whose subnets
     alternate 3x3 and 1x1 convolutions."""
 
-    def __init__(self, channels: int, steps: int, hidden_ratio: float = 1.0, conv3x3_only: bool = False,
-                 clamp: float = 2.0) -> None:  # fmt: skip
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(
+        self,
+        channels: int,
+        steps: int,
+        generator: torch.Generator,
+        hidden_ratio: float = 1.0,
+        conv3x3_only: bool = False,
+        clamp: float = 2.0,
+    ) -> None:
         super().__init__()
         # Backbone features have per-channel std ~6 while the flow's target is N(0, I); anomalib bridges that
         # with a trainable LayerNorm (which the NLL does not account for), here a frozen per-channel affine
@@ -60,7 +86,7 @@ class FlowStack(nn.Module):
         self.register_buffer("shift", torch.zeros(1, channels, 1, 1))
         self.register_buffer("scale", torch.ones(1, channels, 1, 1))
         self.blocks = nn.ModuleList(
-            CouplingBlock(channels, 1 if i % 2 == 1 and not conv3x3_only else 3, hidden_ratio, clamp)
+            CouplingBlock(channels, 1 if i % 2 == 1 and not conv3x3_only else 3, hidden_ratio, generator, clamp)
             for i in range(steps)
         )
 

@@ -9,6 +9,7 @@ result equals the two-pass estimate without the precision loss of summing raw ou
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from scipy.linalg import lapack
 
 
@@ -42,6 +43,13 @@ class StreamingGaussian:
             self.mean += (n_batch / (self.n + n_batch)) * delta
         self.n += n_batch
 
+    @property
+    def fitted_mean(self) -> np.ndarray:
+        """The running mean (P, D); an error before any sample was added."""
+        if self.mean is None:
+            raise ValueError("no samples were added")
+        return self.mean
+
     def covariance(self, epsilon: float) -> np.ndarray:
         """Unbiased covariance plus `epsilon` * I (PaDiM's regulariser), float64 (P, D, D)."""
         if self.scatter is None:
@@ -52,7 +60,7 @@ class StreamingGaussian:
         return cov
 
 
-def inverse_cholesky(cov: np.ndarray, floor: float = 1e-6, dtype: np.dtype = np.float64) -> np.ndarray:
+def inverse_cholesky(cov: np.ndarray, floor: float = 1e-6, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """Lower-triangular W (P, D, D) with W^T W = cov^-1, so the Mahalanobis distance is ||W (x - mu)||.
 
     Scoring through W never subtracts large terms, so distances cannot come out negative or NaN. Where the

@@ -27,9 +27,12 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from tqdm import tqdm
+
+from inspector.common.errors import InspectorError
+from inspector.data.mvtec import MVTEC_CATEGORIES, MVTEC_LICENSE, MVTEC_PAGE, check_category_name
 
 __all__ = [
     "MVTEC_CATEGORIES",
@@ -47,25 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MVTEC_CATEGORIES: tuple[str, ...] = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
-MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-MVTEC_LICENSE = "CC BY-NC-SA 4.0"
 
 URL_ENV = "INSPECTOR_MVTEC_URL"
 """Environment variable with a URL template such as ``https://mirror.example/mvtec/{category}.tar.xz``;
@@ -108,7 +92,7 @@ _TIMEOUT_S = 60.0
 _USER_AGENT = "inspector-dataset-download/0.1 (python urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InspectorError, RuntimeError):
     """A category could not be downloaded or unpacked."""
 
 
@@ -130,17 +114,6 @@ def _manual_hint(category: str, root: Path) -> str:
         f"and unpack it so that {Path(root) / category}/train/good exists, or pass url=... "
         f"or set {URL_ENV} to a URL template with {{category}}."
     )
-
-
-def _check_name(category: str) -> None:
-    if (
-        not category
-        or category in (".", "..")
-        or "/" in category
-        or "\\" in category
-        or Path(category).name != category
-    ):
-        raise ValueError(f"category must be a plain folder name, got {category!r}")
 
 
 def resolve_url(category: str, url: str | None = None) -> str:
@@ -219,7 +192,7 @@ def _target(dest: Path, rel: PurePosixPath) -> Path:
     return target
 
 
-def _write_member(src: BinaryIO, target: Path) -> None:
+def _write_member(src: IO[bytes], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as f:
         shutil.copyfileobj(src, f, _CHUNK)
@@ -330,7 +303,7 @@ def download_category(
     ``ChecksumError`` when its SHA-256 differs, ``UnsafeArchiveError`` when a member would land
     outside the destination; nothing is left behind under ``root`` in those cases.
     """
-    _check_name(category)
+    check_category_name(category)
     root = Path(root)
     dest = root / category
     if dest.exists():

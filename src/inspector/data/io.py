@@ -11,10 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspector.common.errors import InspectorError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InspectorError, ValueError):
     """An image (or mask) that cannot be decoded; the message names its source."""
 
 

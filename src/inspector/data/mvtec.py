@@ -8,15 +8,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from inspector.common.errors import InspectorError
 from inspector.data.io import IMAGE_SUFFIXES
 
 GOOD = "good"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 MVTEC_LICENSE = "CC BY-NC-SA 4.0"
+MVTEC_CATEGORIES: tuple[str, ...] = (
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+)
 
 
-class CategoryNotFoundError(FileNotFoundError):
+class CategoryNotFoundError(InspectorError, FileNotFoundError):
     """The data folder is missing or incomplete; the message says where we looked and how to get data."""
+
+
+class CategoryNameError(InspectorError, ValueError):
+    """A category name that is not a plain folder name (empty, '.', '..', or with a path separator)."""
+
+
+def check_category_name(category: str) -> str:
+    """The name itself when it is a plain folder name, so `root / category` stays inside `root`."""
+    if (
+        not category
+        or category in (".", "..")
+        or "/" in category
+        or "\\" in category
+        or Path(category).name != category
+    ):
+        raise CategoryNameError(f"category must be a plain folder name, got {category!r}")
+    return category
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspector.data.mvtec import check_category_name
+
 __all__ = ["DEFECT_TYPES", "GENERATOR_VERSION", "MARKER_NAME", "make_category"]
 
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "hole", "stain")
@@ -130,7 +132,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sx: float, s
     """
     h, w = shape
     fx, fy = max(1, int(sx // 2)), max(1, int(sy // 2))
-    n = rng.standard_normal((-(-h // fy) + 1, -(-w // fx) + 1), dtype=np.float32)
+    n: np.ndarray = rng.standard_normal((-(-h // fy) + 1, -(-w // fx) + 1), dtype=np.float32)
     n = cv2.GaussianBlur(n, (0, 0), sigmaX=max(sx / fx, 0.3), sigmaY=max(sy / fy, 0.3), borderType=cv2.BORDER_REFLECT)
     n = cv2.resize(n, (w, h), interpolation=cv2.INTER_CUBIC) if fx > 1 or fy > 1 else n[:h, :w]
     std = float(n.std())
@@ -392,8 +394,7 @@ def make_category(
     ):
         if n < 0:
             raise ValueError(f"{name} must be >= 0, got {n}")
-    if not category or Path(category).name != category or category in (".", ".."):
-        raise ValueError(f"category must be a plain folder name, got {category!r}")
+    check_category_name(category)
 
     root = Path(root)
     dest = root / category

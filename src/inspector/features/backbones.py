@@ -13,11 +13,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
+from torch.nn.utils import skip_init
+
+from inspector.common.errors import InspectorError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +36,7 @@ OFFLINE_PACKAGES = {
 HUB_TAGS = {"wide_resnet50_2": "wide_resnet50_2.tv_in1k"}
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(InspectorError, RuntimeError):
     """No pretrained weights could be found for a backbone."""
 
 
@@ -65,29 +69,30 @@ def load_backbone(
         model = _create(name, out_indices)
         _load_state(model, _read_state_dict(Path(weights)), f"local file {weights}")
         source = f"file:{Path(weights).expanduser().resolve()}"
-    elif name in OFFLINE_PACKAGES and _offline_package_file(name) is not None:
-        file = _offline_package_file(name)
+    elif name in OFFLINE_PACKAGES and (file := _offline_package_file(name)) is not None:
         model = _create(name, out_indices)
         _load_state(model, _read_state_dict(file), f"package {OFFLINE_PACKAGES[name][0]}")
         source = f"package:{OFFLINE_PACKAGES[name][0]}"
     elif allow_download:
         tag = HUB_TAGS.get(name, name)
         try:
-            model = timm.create_model(tag, pretrained=True, features_only=True, out_indices=out_indices)
+            with torch.random.fork_rng(devices=[]):  # as in _create: initial weights are replaced at once
+                model = timm.create_model(tag, pretrained=True, features_only=True, out_indices=out_indices)
         except Exception as exc:  # network, hub or cache errors all mean the same thing to the user
             raise BackboneWeightsError(_no_weights_message(name, f"download of '{tag}' failed: {exc}")) from exc
         source = f"timm-hub:{tag}"
     else:
         raise BackboneWeightsError(_no_weights_message(name, "downloads are disabled (INSPECTOR_OFFLINE=1)"))
     model.eval().requires_grad_(False)
-    cfg = model.pretrained_cfg
+    cfg: Any = model.pretrained_cfg
+    feature_info: Any = model.feature_info
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
     info = BackboneInfo(
         name=name,
         out_indices=tuple(out_indices),
-        channels=tuple(model.feature_info.channels()),
-        strides=tuple(model.feature_info.reduction()),
+        channels=tuple(feature_info.channels()),
+        strides=tuple(feature_info.reduction()),
         mean=mean,
         std=std,
         weights_source=source,
@@ -97,7 +102,10 @@ def load_backbone(
 
 
 def _create(name: str, out_indices: tuple[int, ...]) -> nn.Module:
-    return timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
+    # timm draws initial weights from torch's global RNG; they are overwritten by the pretrained ones at once,
+    # so the draw runs on a forked RNG and the caller's random stream is left exactly as it was.
+    with torch.random.fork_rng(devices=[]):
+        return timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
 
 
 def _offline_package_file(name: str) -> Path | None:
@@ -114,6 +122,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = path.expanduser()
     if not path.is_file():
         raise BackboneWeightsError(f"weights file not found: {path}")
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -126,8 +135,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -144,7 +152,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -
 
 def rename_lukemelas_efficientnet(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map EfficientNet-PyTorch names (`_blocks.K._expand_conv`) to timm's (`blocks.S.I.conv_pw`)."""
-    stage_of = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    blocks: Any = model.blocks
+    stage_of = [(s, i) for s, stage in enumerate(blocks) for i in range(len(stage))]
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -153,11 +162,17 @@ def rename_lukemelas_efficientnet(state: dict[str, torch.Tensor], model: nn.Modu
             k = int(parts[1])
             has_expand = f"_blocks.{k}._expand_conv.weight" in state
             names = (
-                {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+                {
+                    "_expand_conv": "conv_pw",
+                    "_bn0": "bn1",
+                    "_depthwise_conv": "conv_dw",
+                    "_bn1": "bn2",
+                    "_project_conv": "conv_pwl",
+                    "_bn2": "bn3",
+                }
                 if has_expand
                 else {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-            )  # fmt: skip
+            )
             if k >= len(stage_of):
                 continue  # blocks past the last feature stage were cut off the model
             s, i = stage_of[k]
@@ -202,10 +217,19 @@ def make_padding_static(model: nn.Module, input_size: tuple[int, int]) -> nn.Mod
             max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
             for n, k, s, d in zip(sizes[name], module.kernel_size, module.stride, module.dilation, strict=True)
         ]
-        conv = nn.Conv2d(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, 0,
-            module.dilation, module.groups, module.bias is not None,
-        )  # fmt: skip
+        # skip_init: the weights are copied from the original conv, so drawing initial ones (from torch's global
+        # RNG) would only disturb the caller's random stream.
+        conv = skip_init(
+            nn.Conv2d,
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            0,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+        )
         conv.load_state_dict(module.state_dict())
         pad_h, pad_w = pads
         padded = nn.Sequential(nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)), conv)

@@ -1,18 +1,17 @@
 """Image preprocessing shared by fit, scoring and the service: resize, optional centre crop, batch.
 
 The network itself normalises (mean/std live inside the exported graph), so the only thing that crosses into
-the runtime is a float32 NCHW batch in 0..255 — the same for torch and onnxruntime.
+the runtime is a float32 NCHW batch in 0..255 — the same for torch and onnxruntime. Imports no torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,16 @@ class Preprocessing:
             amap = full
         return cv2.resize(amap, (image_shape[1], image_shape[0]), interpolation=cv2.INTER_LINEAR)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"image_size": list(self.image_size), "crop_size": list(self.crop_size) if self.crop_size else None}
 
-
-class Normalize(nn.Module):
-    """0..255 RGB -> the backbone's normalised input; part of the network so exports carry it."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("scale", torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1))
-        self.register_buffer("shift", torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """The inverse of `to_dict`, as manifests and inspection records store it."""
+        image_size = as_size(data["image_size"])
+        if image_size is None:
+            raise ValueError("preprocessing needs an image_size")
+        return cls(image_size, as_size(data.get("crop_size")))
 
 
 def as_size(value: int | Sequence[int] | None) -> tuple[int, int] | None:

@@ -1,18 +1,13 @@
-"""Models behind one interface (`AnomalyModel`): construct by name, fit, score, save, load."""
+"""Models in two halves: scoring (no torch: what the line box runs) and fitting (torch: what makes a model).
 
-from inspector.models.base import AnomalyModel, ScoreResult, load_model
-from inspector.models.fastflow import FastFlow
-from inspector.models.padim import Padim
-from inspector.models.patchcore import PatchCore
+    scoring.py      Scorer, load_scorer: a model directory -> scores and maps (onnxruntime, FAISS, numpy)
+    persistence.py  the model directory format (atomic save, checksums)
+    registry.py     kind -> scorer class and estimator class; classes join by declaring their kind
+    settings.py     fit settings: defaults < category config < flags
+    estimator.py    AnomalyModel, the estimator base (fit, get/set_params, save)
+    network.py      normalisation + backbone + head as one torch graph
+    patchcore.py, padim.py, fastflow.py   the three methods' heads and fitting
+    estimators.py   every estimator and `create_model(kind)`
 
-MODELS: dict[str, type[AnomalyModel]] = {"patchcore": PatchCore, "padim": Padim, "fastflow": FastFlow}
-
-
-def create_model(kind: str, **params) -> AnomalyModel:
-    """A new, unfitted model of the named kind."""
-    if kind not in MODELS:
-        raise ValueError(f"unknown model '{kind}', choose from {', '.join(MODELS)}")
-    return MODELS[kind](**params)
-
-
-__all__ = ["MODELS", "AnomalyModel", "FastFlow", "Padim", "PatchCore", "ScoreResult", "create_model", "load_model"]
+Nothing is imported here, so that importing the scoring half never imports torch.
+"""

@@ -21,18 +21,17 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import closing
+from collections.abc import Generator, Sequence
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from inspector.common.errors import ParameterError
 from inspector.components.flows import FlowStack
-from inspector.models.base import AnomalyModel, ImageLike
-from inspector.runtime import cpu_threads
+from inspector.models.estimator import AnomalyModel, ImageLike
+from inspector.models.network import align_stages
 
 WEIGHT_DECAY = 1e-5  # anomalib's Adam setting for FastFlow
 CLAMP = 2.0  # soft clamp of the coupling log-scales, as in the paper's code and anomalib
@@ -46,24 +45,20 @@ class LikelihoodMap(nn.Module):
         self.flows = flows
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        size = stages[0].shape[-2:]
-        maps = []
+        likelihoods = []
         for flow, features in zip(self.flows, stages, strict=True):
             z, _ = flow(features)
-            likelihood = torch.exp(-0.5 * z.square().mean(dim=1, keepdim=True))
-            maps.append(F.interpolate(likelihood, size=size, mode="bilinear", align_corners=False))
-        return -torch.stack(maps).mean(dim=0)
+            likelihoods.append(torch.exp(-0.5 * z.square().mean(dim=1, keepdim=True)))
+        return -torch.stack(align_stages(likelihoods)).mean(dim=0)
 
 
-class FastFlow(AnomalyModel):
+class FastFlow(AnomalyModel, kind="fastflow"):
     """Per-stage normalising flows on frozen features; a patch scores its (negated) likelihood.
 
     `patience`: stop after this many epochs without a lower training loss. `flow_steps`, `hidden_ratio` and
-    `conv3x3_only` shape each stage's flow as in the paper. `threads` also bounds torch's threads in training.
+    `conv3x3_only` shape each stage's flow as in the paper. Flow weights, permutations and the epoch order are
+    drawn from generators seeded by `seed`.
     """
-
-    kind = "fastflow"
-    state_files = ("flows.pt",)
 
     def __init__(
         self,
@@ -75,7 +70,7 @@ class FastFlow(AnomalyModel):
         conv3x3_only: bool = False,
         patience: int = 3,
         feature_cache_mb: int = 1024,
-        **common,
+        **common: Any,
     ) -> None:
         super().__init__(**common)
         self.epochs = epochs
@@ -86,35 +81,42 @@ class FastFlow(AnomalyModel):
         self.patience = patience
         self.feature_cache_mb = feature_cache_mb
 
-    def _new_flows(self) -> nn.ModuleList:
+    def _validate_params(self) -> None:
+        for name in ("epochs", "flow_steps", "patience"):
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr >= 0:
+            raise ParameterError(f"lr must be >= 0, got {self.lr}")
+
+    def _new_flows(self, generator: torch.Generator) -> nn.ModuleList:
         return nn.ModuleList(
-            FlowStack(c, self.flow_steps, self.hidden_ratio, self.conv3x3_only, CLAMP)
+            FlowStack(c, self.flow_steps, generator, self.hidden_ratio, self.conv3x3_only, CLAMP)
             for c in self.backbone_info_.channels
         )
 
-    def _build_head(self) -> nn.Module:
-        if self.flows_ is None:  # during fit, before training: the network returns the backbone's stage maps
-            return nn.Identity()
-        return LikelihoodMap(self.flows_)
-
-    def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, float]:
-        self.flows_: nn.ModuleList | None = None
-        self._compile()
+    def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, Any]:
+        self._compile(nn.Identity())  # first the backbone's stage maps, to train the flows on
         t0 = time.perf_counter()
         cache = self._feature_cache(images, progress)
         t1 = time.perf_counter()
-        torch.manual_seed(self.seed)  # flow weights and permutations
-        flows = self._new_flows()
-        with closing(self._epoch_batches(images, cache, torch.Generator().manual_seed(self.seed))) as batches:
-            for flow, features in zip(flows, next(batches), strict=True):  # one batch sets the standardisation
-                flow.standardise(features)
+        flows = self._new_flows(torch.Generator().manual_seed(self.seed))
+        first = self._epoch_batches(images, cache, torch.Generator().manual_seed(self.seed))
+        for flow, features in zip(flows, next(first), strict=True):  # one batch sets the standardisation
+            assert isinstance(flow, FlowStack)
+            flow.standardise(features)
+        first.close()
         self.loss_history_ = self._train(flows, images, cache, progress)
         t2 = time.perf_counter()
         self.flows_ = flows.eval().requires_grad_(False)
-        self._compile()
+        self._compile(LikelihoodMap(self.flows_))
         cache_mb = sum(stored.numel() * stored.element_size() for stored in cache or []) / 2**20
-        return {"features_seconds": t1 - t0, "train_seconds": t2 - t1, "epochs": len(self.loss_history_),
-                "best_loss": min(self.loss_history_), "feature_cache_mb": cache_mb}  # fmt: skip
+        return {
+            "features_seconds": t1 - t0,
+            "train_seconds": t2 - t1,
+            "epochs": len(self.loss_history_),
+            "best_loss": min(self.loss_history_),
+            "feature_cache_mb": cache_mb,
+        }
 
     def _feature_cache(self, images: Sequence[ImageLike], progress: bool) -> list[torch.Tensor] | None:
         """Every training image's stage maps in float16, or None when they would exceed `feature_cache_mb`."""
@@ -128,7 +130,7 @@ class FastFlow(AnomalyModel):
         cache: list[torch.Tensor] = []
         start = 0
         for batch in self._batches(images, progress, "features"):
-            stages = self._runner(batch)
+            stages = self._features(batch)
             if not cache:
                 cache = [torch.empty((len(images), *s.shape[1:]), dtype=torch.float16) for s in stages]
             for stored, stage in zip(cache, stages, strict=True):
@@ -138,7 +140,7 @@ class FastFlow(AnomalyModel):
 
     def _epoch_batches(
         self, images: Sequence[ImageLike], cache: list[torch.Tensor] | None, generator: torch.Generator
-    ) -> Iterator[list[torch.Tensor]]:
+    ) -> Generator[list[torch.Tensor], None, None]:
         """One epoch of float32 stage-map batches in a seeded shuffled order, from the cache or the backbone."""
         order = torch.randperm(len(images), generator=generator)
         if cache is not None:
@@ -146,7 +148,7 @@ class FastFlow(AnomalyModel):
                 yield [stored[rows].float() for stored in cache]
         else:
             for batch in self._batches([images[i] for i in order.tolist()], False, "features"):
-                yield [torch.from_numpy(stage) for stage in self._runner(batch)]
+                yield [torch.from_numpy(stage) for stage in self._features(batch)]
 
     def _train(
         self, flows: nn.ModuleList, images: Sequence[ImageLike], cache: list[torch.Tensor] | None, progress: bool
@@ -157,8 +159,6 @@ class FastFlow(AnomalyModel):
         history: list[float] = []
         best_loss, best_epoch, best_state = math.inf, 0, {}
         bar = tqdm(range(self.epochs), desc="fastflow", unit="epoch", disable=not progress, file=sys.stderr)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cpu_threads(self.threads))  # small convs: on a busy CPU, fewer threads win
         try:
             for epoch in bar:
                 total = 0.0
@@ -185,27 +185,15 @@ class FastFlow(AnomalyModel):
             )
         finally:
             bar.close()
-            torch.set_num_threads(threads)
         if not best_state:
             raise FloatingPointError(f"FastFlow training diverged (loss {history[0]}); try a lower lr")
         flows.load_state_dict(best_state)
         return history
 
-    def _patch_scores(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        patch_maps = outputs[0][:, 0]
-        return patch_maps.reshape(len(patch_maps), -1).max(axis=1), patch_maps
-
     def _state(self) -> dict[str, bytes]:
         buffer = io.BytesIO()
         torch.save({"flows": self.flows_.state_dict(), "loss_history": self.loss_history_}, buffer)
         return {"flows.pt": buffer.getvalue()}
-
-    def _load_state(self, files: dict[str, bytes]) -> None:
-        state = torch.load(io.BytesIO(files["flows.pt"]), map_location="cpu", weights_only=True)
-        self.flows_ = self._new_flows()
-        self.flows_.load_state_dict(state["flows"])
-        self.flows_.eval().requires_grad_(False)
-        self.loss_history_ = list(state["loss_history"])
 
 
 def negative_log_likelihood(flows: nn.ModuleList, stages: list[torch.Tensor]) -> torch.Tensor:

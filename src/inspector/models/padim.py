@@ -17,31 +17,36 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from inspector.common.errors import ParameterError
 from inspector.components.gaussian import StreamingGaussian, inverse_cholesky
-from inspector.models.base import AnomalyModel, ImageLike
+from inspector.models.estimator import AnomalyModel, ImageLike
+from inspector.models.network import align_stages
 
 
 class FeatureSubset(nn.Module):
     """Stages resized to the finest stage's grid, concatenated, then PaDiM's fixed random channel subset."""
+
+    channels: torch.Tensor
 
     def __init__(self, channels: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("channels", torch.as_tensor(channels, dtype=torch.int64))
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        size = stages[0].shape[-2:]
-        maps = [stages[0]] + [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages[1:]]
-        return torch.cat(maps, dim=1).index_select(1, self.channels)
+        return torch.cat(align_stages(stages), dim=1).index_select(1, self.channels)
 
 
 class MahalanobisMap(nn.Module):
     """(B, D, h, w) embeddings -> (B, 1, h, w) Mahalanobis distances to each position's Gaussian."""
+
+    mean: torch.Tensor
+    factor_t: torch.Tensor
 
     def __init__(self, mean: np.ndarray, inv_cholesky: np.ndarray) -> None:
         super().__init__()
@@ -55,57 +60,46 @@ class MahalanobisMap(nn.Module):
         return whitened.square().sum(dim=2).sqrt().transpose(0, 1).reshape(b, 1, h, w)
 
 
-class Padim(AnomalyModel):
+class Padim(AnomalyModel, kind="padim"):
     """Per-position Gaussians of good patch embeddings; a patch scores its Mahalanobis distance."""
 
-    kind = "padim"
-    state_files = ("gaussians.npz",)
-
-    def __init__(self, *, n_features: int | None = 100, epsilon: float = 0.01, **common) -> None:
+    def __init__(self, *, n_features: int | None = 100, epsilon: float = 0.01, **common: Any) -> None:
         super().__init__(**common)
-        if n_features is not None and n_features < 1:
-            raise ValueError(f"n_features must be positive or None (all channels), got {n_features}")
         self.n_features = n_features
         self.epsilon = epsilon
 
-    def _build_head(self) -> nn.Module:
-        embedding = FeatureSubset(self.channels_)
-        if self.mean_ is None:  # during fit, before the Gaussians exist: the network returns embeddings
-            return embedding
-        return nn.Sequential(embedding, MahalanobisMap(self.mean_, self.inv_cholesky_))
+    def _validate_params(self) -> None:
+        if self.n_features is not None and self.n_features < 1:
+            raise ParameterError(f"n_features must be positive or None (all channels), got {self.n_features}")
+        if not self.epsilon >= 0:
+            raise ParameterError(f"epsilon must be >= 0, got {self.epsilon}")
 
-    def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, float]:
+    def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, Any]:
         total = sum(self.backbone_info_.channels)
         keep = total if self.n_features is None else min(self.n_features, total)
         generator = torch.Generator().manual_seed(self.seed)
         self.channels_ = torch.randperm(total, generator=generator)[:keep].sort().values.numpy()
-        self.mean_: np.ndarray | None = None
-        self._compile()
+        self._compile(FeatureSubset(self.channels_))  # first the embeddings, to learn the Gaussians from
         t0 = time.perf_counter()
         stats = StreamingGaussian()
         for batch in self._batches(images, progress, "features"):
-            embedding = self._runner(batch)[0]
+            embedding = self._features(batch)[0]
             b, d, h, w = embedding.shape
             stats.add(embedding.reshape(b, d, h * w).transpose(0, 2, 1))
         t1 = time.perf_counter()
         self.inv_cholesky_ = inverse_cholesky(stats.covariance(self.epsilon), dtype=np.float32)
-        self.mean_ = np.ascontiguousarray(stats.mean.T.reshape(d, h, w), dtype=np.float32)
+        self.mean_ = np.ascontiguousarray(stats.fitted_mean.T.reshape(d, h, w), dtype=np.float32)
         t2 = time.perf_counter()
-        self._compile()
-        return {"features_seconds": t1 - t0, "gaussian_seconds": t2 - t1, "export_seconds": time.perf_counter() - t2,
-                "feature_dims": d, "positions": h * w}  # fmt: skip
-
-    def _patch_scores(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        patch_maps = outputs[0][:, 0]
-        return patch_maps.reshape(len(patch_maps), -1).max(axis=1), patch_maps
+        self._compile(nn.Sequential(FeatureSubset(self.channels_), MahalanobisMap(self.mean_, self.inv_cholesky_)))
+        return {
+            "features_seconds": t1 - t0,
+            "gaussian_seconds": t2 - t1,
+            "export_seconds": time.perf_counter() - t2,
+            "feature_dims": d,
+            "positions": h * w,
+        }
 
     def _state(self) -> dict[str, bytes]:
         buffer = io.BytesIO()
         np.savez(buffer, channels=self.channels_, mean=self.mean_, inv_cholesky=self.inv_cholesky_)
         return {"gaussians.npz": buffer.getvalue()}
-
-    def _load_state(self, files: dict[str, bytes]) -> None:
-        with np.load(io.BytesIO(files["gaussians.npz"])) as state:
-            self.channels_ = state["channels"]
-            self.mean_ = state["mean"]
-            self.inv_cholesky_ = state["inv_cholesky"]

@@ -1,7 +1,8 @@
 """The app factory (`create_app(settings)`) and `serve`, which `inspector serve` runs.
 
-Start-up order: the store opens (and deletes files a crash left without a record), the HTTP server starts
-answering /healthz, models load and warm up in a thread, then /readyz turns ready. A maintenance task applies
+Start-up order: the store opens (and deletes files a crash left without a record), FAISS's process-wide thread
+count is set (once, here: two models in one process must not change each other's threads), the HTTP server
+starts answering /healthz, models load and warm up in a thread, then /readyz turns ready. A maintenance task applies
 retention every `store.maintenance_interval_s`. Shutdown lets admitted inspections finish and commit.
 """
 
@@ -19,17 +20,20 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inspector import __version__
-from inspector.runtime import cpu_threads
-from inspector.service import events
+from inspector.common.system import cpu_threads
+from inspector.components.knn import set_search_threads
+from inspector.service import server
+from inspector.service.broadcast import Broadcaster
 from inspector.service.config import LOOPBACK, Settings
 from inspector.service.errors import ServiceError
-from inspector.service.inference import Inspector, ModelRegistry
 from inspector.service.metrics import ServiceMetrics
-from inspector.service.routers import inspect, inspections, models, system
+from inspector.service.pipeline import Inspector
+from inspector.service.registry import ModelRegistry
+from inspector.service.routers import inspect, inspections, models, operator, system
 from inspector.service.store import InspectionStore
 
 log = logging.getLogger("inspector.service")
-DEFAULT_WEB_DIR = Path(__file__).resolve().parents[3] / "web"  # a source checkout's web/
+DEFAULT_WEB_DIR = Path(__file__).parent / "web"  # the operator page, shipped as package data
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -40,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = InspectionStore(settings.store)
         threads = settings.threads or max(1, cpu_threads(None) // settings.workers)
+        set_search_threads(threads)
         registry = ModelRegistry(settings.models, threads, settings.warmup_runs)
         inspector = app.state.inspector = Inspector(settings, registry, store, metrics)
         background = asyncio.create_task(_start_and_maintain(inspector))
@@ -50,12 +55,16 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(inspector.queue.shutdown)
             store.close()
 
-    app = FastAPI(title="inspector", version=__version__, lifespan=lifespan,
-                  description="Line-side visual inspection: POST an image to /v1/inspect, get pass/fail, score, "
-                  "defect regions and a heatmap. Keys: `X-API-Key` (camera or operator).")  # fmt: skip
+    app = FastAPI(
+        title="inspector",
+        version=__version__,
+        lifespan=lifespan,
+        description="Line-side visual inspection: POST an image to /v1/inspect, get pass/fail, score, "
+        "defect regions and a heatmap. Keys: `X-API-Key` (camera or operator).",
+    )
     app.state.settings = settings
-    app.state.events = events.Broadcaster()
-    for module in (inspect, inspections, models, system, events):
+    app.state.events = Broadcaster()
+    for module in (inspect, inspections, models, system, operator):
         app.include_router(module.router)
     app.add_exception_handler(ServiceError, _service_error(metrics))
     app.add_exception_handler(Exception, _internal_error(metrics))
@@ -141,23 +150,38 @@ def bind_host(settings: Settings) -> str:
     """Where to listen: without any API key, loopback only unless `allow_remote_without_keys`."""
     if settings.has_keys or settings.allow_remote_without_keys or settings.host in LOOPBACK:
         return settings.host
-    log.warning("no API keys configured: listening on 127.0.0.1 instead of %s. Set INSPECTOR_CAMERA_KEY and "
-                "INSPECTOR_OPERATOR_KEY (or camera_key/operator_key in the config), or allow_remote_without_keys: "
-                "true to accept unauthenticated requests from the network.", settings.host)  # fmt: skip
+    log.warning(
+        "no API keys configured: listening on 127.0.0.1 instead of %s. Set INSPECTOR_CAMERA_KEY and "
+        "INSPECTOR_OPERATOR_KEY (or camera_key/operator_key in the config), or allow_remote_without_keys: "
+        "true to accept unauthenticated requests from the network.",
+        settings.host,
+    )
     return "127.0.0.1"
 
 
 def serve(settings: Settings) -> None:
     """Run the service until interrupted (uvicorn, one process: the models live in this process's memory)."""
-    from inspector.modeldir import read_manifest
+    from inspector.models.persistence import read_manifest
 
     logging.getLogger("inspector").setLevel(settings.log_level.upper())
     for spec in settings.models:
         read_manifest(spec.dir, verify=False)  # fail now, not after the server started, on a wrong path
     host = bind_host(settings)
     keys = [role for role, key in (("camera", settings.camera_key), ("operator", settings.operator_key)) if key]
-    log.info("inspector %s serving %s on http://%s:%d; store %s; auth: %s", __version__,
-                ", ".join(f"{m.name}={m.dir}" for m in settings.models), host, settings.port,
-                settings.store.dir, f"{' and '.join(keys)} key set" if keys else "OFF (no keys)")  # fmt: skip
-    events.run(create_app(settings), host=host, port=settings.port, log_level=settings.log_level,
-               access_log=settings.access_log, timeout_graceful_shutdown=10)  # fmt: skip
+    log.info(
+        "inspector %s serving %s on http://%s:%d; store %s; auth: %s",
+        __version__,
+        ", ".join(f"{m.name}={m.dir}" for m in settings.models),
+        host,
+        settings.port,
+        settings.store.dir,
+        f"{' and '.join(keys)} key set" if keys else "OFF (no keys)",
+    )
+    server.run(
+        create_app(settings),
+        host=host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=10,
+    )

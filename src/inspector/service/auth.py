@@ -8,7 +8,7 @@ which is why `serve` then binds to loopback unless told otherwise.
 from __future__ import annotations
 
 import hmac
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -20,7 +20,7 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="camera o
 _bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     camera = "camera"
     operator = "operator"
 

@@ -1,27 +1,30 @@
 """Service settings: built-in defaults < one config file (YAML or TOML) < INSPECTOR_* environment < flags.
 
 Every key, its environment variable and its default are described once, on the pydantic fields below; the
-`inspector serve --help` epilog and configs/service.example.yaml are written from the same descriptions.
+`inspector serve --help` epilog and the package's configs/service.example.yaml are written from the same
+descriptions.
 API keys are `SecretStr`, so printing or logging the settings never shows them.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from inspector.common.errors import InspectorError
 
 ENV_PREFIX = "INSPECTOR_"
 CONFIG_ENV = "INSPECTOR_SERVICE_CONFIG"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-class ServiceConfigError(ValueError):
+class ServiceConfigError(InspectorError, ValueError):
     """A service config file or override that cannot be read or is invalid; the message says which key."""
 
 
@@ -31,7 +34,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dir: Path
-    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$")
 
     def model_post_init(self, __context: Any) -> None:
         if not self.name:
@@ -41,29 +44,37 @@ class ModelSpec(BaseModel):
     def parse(cls, text: str) -> ModelSpec:
         """`models/bottle` or `bottle=models/bottle_v2`, as given on the command line or in the environment."""
         name, sep, path = text.partition("=")
-        return cls(dir=Path(path), name=name) if sep else cls(dir=Path(text))
+        try:
+            return cls(dir=Path(path), name=name) if sep else cls(dir=Path(text))
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"] for e in exc.errors())
+            raise ServiceConfigError(f"model {text!r}: {problems} (expected DIR or NAME=DIR)") from exc
 
 
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dir: Path = Field(Path("inspections"), description="folder for the SQLite database and the image/map files")
+    dir: Path = Field(default=Path("inspections"), description="folder for the SQLite database and the image/map files")
     synchronous: Literal["full", "normal"] = Field(
-        "full",
+        default="full",
         description="SQLite fsync policy: full survives power loss; normal survives kill -9 but may lose the "
         "last commits on power loss",
     )
-    retention_days: float | None = Field(90.0, gt=0, description="delete inspections older than this (null: keep)")
+    retention_days: float | None = Field(
+        default=90.0, gt=0, description="delete inspections older than this (null: keep)"
+    )
     max_disk_mb: float | None = Field(
-        10240.0, gt=0, description="disk budget for records and files; oldest deleted beyond it (null: no budget)"
+        default=10240.0,
+        gt=0,
+        description="disk budget for records and files; oldest deleted beyond it (null: no budget)",
     )
     min_free_disk_mb: float = Field(
-        1024.0, ge=0, description="refuse new inspections (503) while the disk has less free space than this"
+        default=1024.0, ge=0, description="refuse new inspections (503) while the disk has less free space than this"
     )
     keep_reviewed: bool = Field(
-        True, description="age retention spares operator-reviewed records (the disk budget still applies)"
+        default=True, description="age retention spares operator-reviewed records (the disk budget still applies)"
     )
-    maintenance_interval_s: float = Field(60.0, gt=0, description="seconds between retention passes")
+    maintenance_interval_s: float = Field(default=60.0, gt=0, description="seconds between retention passes")
 
 
 class Settings(BaseModel):
@@ -71,34 +82,40 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
     models: list[ModelSpec] = Field(
         default_factory=list,
         description="models to serve: list of {dir, name}; env/flags take DIR or NAME=DIR (env: separated by ':')",
     )
-    camera_key: SecretStr | None = Field(None, description="API key for cameras: inspect and read records")
+    camera_key: SecretStr | None = Field(default=None, description="API key for cameras: inspect and read records")
     operator_key: SecretStr | None = Field(
-        None, description="API key for operators: everything, incl. review, calibration and reload"
+        default=None, description="API key for operators: everything, incl. review, calibration and reload"
     )
     allow_remote_without_keys: bool = Field(
-        False, description="without any key the service binds to loopback only unless this is true"
+        default=False, description="without any key the service binds to loopback only unless this is true"
     )
-    workers: int = Field(1, ge=1, le=64, description="inference threads working on the queue")
-    threads: int | None = Field(None, ge=1, description="CPU threads per worker (default: cores / workers)")
+    workers: int = Field(default=1, ge=1, le=64, description="inference threads working on the queue")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads per worker (default: cores / workers)")
     queue_size: int = Field(
-        4, ge=0, description="requests allowed to wait for a worker; beyond it 503 at once (each adds ~1 inference)"
+        default=4,
+        ge=0,
+        description="requests allowed to wait for a worker; beyond it 503 at once (each adds ~1 inference)",
     )
-    warmup_runs: int = Field(3, ge=0, description="dummy inferences per model before /readyz turns ready")
-    max_image_mb: float = Field(20.0, gt=0, description="largest accepted upload, in MiB (413 beyond)")
-    max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, width x height (413 beyond)")
-    max_regions: int = Field(50, ge=0, description="at most this many defect regions per inspection, highest first")
+    warmup_runs: int = Field(default=3, ge=0, description="dummy inferences per model before /readyz turns ready")
+    max_image_mb: float = Field(default=20.0, gt=0, description="largest accepted upload, in MiB (413 beyond)")
+    max_image_pixels: int = Field(
+        default=40_000_000, gt=0, description="largest accepted image, width x height (413 beyond)"
+    )
+    max_regions: int = Field(
+        default=50, ge=0, description="at most this many defect regions per inspection, highest first"
+    )
     require_calibration: bool = Field(
-        False, description="answer 409 for a model without a valid calibration instead of verdict null"
+        default=False, description="answer 409 for a model without a valid calibration instead of verdict null"
     )
-    web_dir: Path | None = Field(None, description="static web UI served at / when it holds index.html")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
-    access_log: bool = Field(False, description="log every HTTP request (uvicorn access log)")
+    web_dir: Path | None = Field(default=None, description="static web UI served at / when it holds index.html")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    access_log: bool = Field(default=False, description="log every HTTP request (uvicorn access log)")
     store: StoreSettings = Field(default_factory=StoreSettings)
 
     @field_validator("models", mode="before")
@@ -107,7 +124,7 @@ class Settings(BaseModel):
         if isinstance(value, str):
             value = [v for v in value.split(os.pathsep) if v]
         if isinstance(value, list):
-            return [ModelSpec.parse(v) if isinstance(v, (str, Path)) else v for v in value]
+            return [ModelSpec.parse(str(v)) if isinstance(v, (str, Path)) else v for v in value]
         return value
 
     @field_validator("models")
@@ -193,7 +210,7 @@ def settings_help() -> str:
     """The config keys, their environment variables and defaults, for `inspector serve --help`."""
     lines = [
         "configuration: --config FILE (YAML or TOML; or $INSPECTOR_SERVICE_CONFIG) < environment < flags.",
-        "Example: configs/service.example.yaml. Keys (environment variable, default):",
+        "Example: inspector/configs/service.example.yaml (in the package). Keys (environment variable, default):",
     ]
     for path, field in _fields(Settings):
         default = field.get_default(call_default_factory=True)

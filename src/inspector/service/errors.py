@@ -10,8 +10,9 @@ class ServiceError(Exception):
     status: int = 400
     reason: str = "bad_request"
 
-    def __init__(self, detail: str, status: int | None = None, reason: str | None = None,
-                 retry_after: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, detail: str, status: int | None = None, reason: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status = status or self.status

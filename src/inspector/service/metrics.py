@@ -9,8 +9,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Seconds; dense around a line's takt time (tens to hundreds of milliseconds).
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0,
-           1.5, 2.5, 5.0)  # fmt: skip
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.5,
+    5.0,
+)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -18,21 +37,32 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.inspections = Counter("inspector_inspections", "Inspections recorded, by model and verdict "
-                                   "('none' when uncalibrated)", ["model", "verdict"], registry=r)  # fmt: skip
-        self.stage_seconds = Histogram("inspector_stage_seconds", "Time per stage of an inspection", ["stage"],
-                                       buckets=BUCKETS, registry=r)  # fmt: skip
-        self.requests = Counter("inspector_http_requests", "HTTP requests by method, route template and status",
-                                ["method", "route", "status"], registry=r)  # fmt: skip
-        self.errors = Counter("inspector_errors", "Requests answered with an error, by reason (queue_full, ...)",
-                              ["reason"], registry=r)  # fmt: skip
+        self.inspections = Counter(
+            "inspector_inspections",
+            "Inspections recorded, by model and verdict ('none' when uncalibrated)",
+            ["model", "verdict"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "inspector_stage_seconds", "Time per stage of an inspection", ["stage"], buckets=BUCKETS, registry=r
+        )
+        self.requests = Counter(
+            "inspector_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "inspector_errors", "Requests answered with an error, by reason (queue_full, ...)", ["reason"], registry=r
+        )
         self.queue_depth = Gauge("inspector_queue_depth", "Admitted inspections waiting for a worker", registry=r)
         self.in_flight = Gauge("inspector_in_flight", "Admitted inspections not yet answered", registry=r)
         self.store_records = Gauge("inspector_store_records", "Inspection records in the store", registry=r)
         self.store_bytes = Gauge("inspector_store_bytes", "Bytes of stored images and maps", registry=r)
         self.retention_deleted = Counter("inspector_retention_deleted", "Records deleted by retention", registry=r)
-        self.model_info = Gauge("inspector_model_info", "Loaded models (value 1)",
-                                ["model", "version", "calibration"], registry=r)  # fmt: skip
+        self.model_info = Gauge(
+            "inspector_model_info", "Loaded models (value 1)", ["model", "version", "calibration"], registry=r
+        )
 
     def observe_inspection(self, model: str, verdict: str | None, timings_ms: dict[str, float]) -> None:
         self.inspections.labels(model, verdict or "none").inc()

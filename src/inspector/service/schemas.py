@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Literal
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Verdict = Literal["pass", "review", "fail"]
-ReviewVerdict = Literal["good", "defect"]
+from inspector.calibration import Verdict
+from inspector.service.store import InspectionRecord, ReviewVerdict
 
 
 class Region(BaseModel):
@@ -46,8 +47,8 @@ class ReviewRequest(BaseModel):
     """An operator's judgement of one inspection; stored with the record, later exported for re-fitting."""
 
     verdict: ReviewVerdict
-    note: str = Field("", max_length=2000)
-    operator: str | None = Field(None, max_length=200, description="who reviewed (free text)")
+    note: str = Field(default="", max_length=2000)
+    operator: str | None = Field(default=None, max_length=200, description="who reviewed (free text)")
 
 
 class Inspection(BaseModel):
@@ -77,16 +78,42 @@ class Inspection(BaseModel):
     review: Review | None = None
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Inspection:
+    def from_record(cls, record: InspectionRecord) -> Inspection:
         """A stored record (see service.store) as the API shows it, with links to its pictures."""
-        base = f"/v1/inspections/{record['id']}"
+        base = f"/v1/inspections/{record.id}"
         review = None
-        if record["review_verdict"]:
-            review = Review(verdict=record["review_verdict"], note=record["review_note"] or "",
-                            operator=record["review_operator"], reviewed_at=_time(record["reviewed_at"]))  # fmt: skip
-        fields = {k: v for k, v in record.items() if k in cls.model_fields}
-        urls = {"image_url": f"{base}/image", "heatmap_url": f"{base}/heatmap.png", "map_url": f"{base}/map.png"}
-        return cls(**{**fields, **urls, "created": _time(record["created"]), "review": review})
+        if record.review_verdict:
+            assert record.reviewed_at is not None  # saved with every review
+            review = Review(
+                verdict=record.review_verdict,
+                note=record.review_note or "",
+                operator=record.review_operator,
+                reviewed_at=_time(record.reviewed_at),
+            )
+        return cls(
+            id=record.id,
+            created=_time(record.created),
+            model=record.model,
+            model_version=record.model_version,
+            calibrated=record.calibrated,
+            calibration=record.calibration,
+            verdict=record.verdict,
+            score=record.score,
+            normalized_score=record.normalized_score,
+            threshold=record.threshold,
+            pixel_threshold=record.pixel_threshold,
+            regions=[Region(**asdict(r)) for r in record.regions],
+            width=record.width,
+            height=record.height,
+            part_id=record.part_id,
+            line=record.line,
+            camera=record.camera,
+            image_url=f"{base}/image",
+            heatmap_url=f"{base}/heatmap.png",
+            map_url=f"{base}/map.png",
+            timings_ms=Timings.model_validate(record.timings_ms),
+            review=review,
+        )
 
 
 class InspectionPage(BaseModel):
@@ -126,7 +153,7 @@ class ActivateCalibration(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model: str | None = Field(None, description="model to reload; all when null")
+    model: str | None = Field(default=None, description="model to reload; all when null")
 
 
 class Health(BaseModel):
@@ -140,9 +167,35 @@ class Readiness(BaseModel):
     detail: str = ""
 
 
+class Summary(BaseModel):
+    """Counters for a shift or a day."""
+
+    since: datetime
+    model: str | None
+    inspected: int
+    verdicts: dict[str, int] = Field(description="pass, review, fail and none (not judged), always all four")
+    reviewed: int = Field(description="of those inspected since, how many an operator reviewed")
+    review_open: int = Field(description="verdict review and not yet reviewed, at any time: the review queue")
+    per_minute: float = Field(description="inspections per minute over the last 5 minutes")
+
+
+class ScorePoint(BaseModel):
+    score: float
+    review: ReviewVerdict | None
+
+
+class RecentScores(BaseModel):
+    """Raw image scores of the newest inspections by the model version now served, newest first; raw, so that
+    any calibration's threshold can be drawn over them."""
+
+    model: str
+    model_version: str
+    points: list[ScorePoint]
+
+
 class ErrorBody(BaseModel):
     detail: str
 
 
 def _time(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, timezone.utc)
+    return datetime.fromtimestamp(unix, UTC)

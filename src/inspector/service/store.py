@@ -12,6 +12,12 @@ with `normal` it survives a killed process but the last commits may roll back on
 
 Retention: a maintenance pass deletes records older than `retention_days` and, oldest first, whatever
 exceeds `max_disk_mb`; a row is deleted before its files, so a crash in between leaves only orphan files.
+
+Only this module knows the schema. A record travels as an `InspectionRecord`; its columns are the fields the
+service filters on and its `data` column holds the rest as JSON, written in the same key order as ever, so a
+store written by an earlier version reads unchanged. `StoreReader` answers the operator page's counters and
+score history and the export on read-only connections of its own (WAL lets them read beside the writer), so a
+page load never waits behind the store's lock and the inspection path never waits behind a count.
 """
 
 from __future__ import annotations
@@ -26,25 +32,34 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
-from inspector.modeldir import fsync_dir, write_atomic
+from inspector.calibration import Verdict
+from inspector.common.errors import InspectorError
+from inspector.common.files import fsync_dir, write_atomic
+from inspector.components.regions import Region
+from inspector.features.preprocess import Preprocessing
 from inspector.service.config import StoreSettings
 from inspector.service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+ReviewVerdict = Literal["good", "defect"]
+VerdictFilter = Literal["pass", "review", "fail", "none"]
+
 DB_FILE = "inspections.db"
 FILES_DIR = "files"
 MAP_SUFFIX = ".map.npy"
 _BATCH = 500
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WAL_LIMIT = 64 * 1024 * 1024  # the WAL is truncated back to this after checkpoints
+VERDICTS = ("pass", "review", "fail", "none")  # "none": not judged (no valid calibration)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inspections (
@@ -69,8 +84,143 @@ CREATE INDEX IF NOT EXISTS inspections_model ON inspections (model, id);
 CREATE INDEX IF NOT EXISTS inspections_verdict ON inspections (verdict, id);
 CREATE INDEX IF NOT EXISTS inspections_reviewed ON inspections (review_verdict, id) WHERE review_verdict IS NOT NULL;
 """
-_COLUMNS = ("id", "created", "model", "verdict", "part_id", "line", "camera", "image_file", "map_file", "bytes",
-            "data", "review_verdict", "review_note", "review_operator", "reviewed_at")  # fmt: skip
+
+
+class StoreNotFound(InspectorError, FileNotFoundError):
+    """No inspection store (its database file) at the given folder."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectionRecord:
+    """One inspected part as stored: what was scored, how it was judged, where its files are, its review.
+
+    `created` is seconds since 1970 to the microsecond (what the API shows and filters on); `regions` are in
+    original image pixels; `preprocessing` is the resize/crop the map was made with, so the map can be drawn
+    after the model changed; `image_file` and `map_file` are relative to the store's files folder.
+    """
+
+    id: str
+    created: float
+    model: str
+    model_version: str
+    calibrated: bool
+    calibration: str | None
+    verdict: Verdict | None
+    score: float
+    normalized_score: float | None
+    threshold: float | None
+    pixel_threshold: float | None
+    regions: tuple[Region, ...]
+    width: int
+    height: int
+    media_type: str
+    preprocessing: Preprocessing
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    part_id: str | None = None
+    line: str | None = None
+    camera: str | None = None
+    image_file: str
+    map_file: str
+    bytes: int
+    review_verdict: ReviewVerdict | None = None
+    review_note: str | None = None
+    review_operator: str | None = None
+    reviewed_at: float | None = None
+
+    def data_json(self) -> str:
+        """The `data` column: every field that is not a column, in the key order earlier versions wrote."""
+        return json.dumps(
+            {
+                "model_version": self.model_version,
+                "calibrated": self.calibrated,
+                "calibration": self.calibration,
+                "score": self.score,
+                "normalized_score": self.normalized_score,
+                "threshold": self.threshold,
+                "pixel_threshold": self.pixel_threshold,
+                "regions": [asdict(r) for r in self.regions],
+                "width": self.width,
+                "height": self.height,
+                "media_type": self.media_type,
+                "preprocessing": self.preprocessing.to_dict(),
+                "timings_ms": self.timings_ms,
+            }
+        )
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> InspectionRecord:
+        data = json.loads(row["data"])
+        return cls(
+            id=row["id"],
+            created=row["created"],
+            model=row["model"],
+            model_version=data["model_version"],
+            calibrated=data["calibrated"],
+            calibration=data["calibration"],
+            verdict=row["verdict"],
+            score=data["score"],
+            normalized_score=data["normalized_score"],
+            threshold=data["threshold"],
+            pixel_threshold=data["pixel_threshold"],
+            regions=tuple(Region(**r) for r in data["regions"]),
+            width=data["width"],
+            height=data["height"],
+            media_type=data["media_type"],
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            timings_ms=data["timings_ms"],
+            part_id=row["part_id"],
+            line=row["line"],
+            camera=row["camera"],
+            image_file=row["image_file"],
+            map_file=row["map_file"],
+            bytes=row["bytes"],
+            review_verdict=row["review_verdict"],
+            review_note=row["review_note"],
+            review_operator=row["review_operator"],
+            reviewed_at=row["reviewed_at"],
+        )
+
+    def _columns(self) -> dict[str, Any]:
+        """The values of the columns an insert writes (the review columns start empty)."""
+        return {
+            "id": self.id,
+            "created": self.created,
+            "model": self.model,
+            "verdict": self.verdict,
+            "part_id": self.part_id,
+            "line": self.line,
+            "camera": self.camera,
+            "image_file": self.image_file,
+            "map_file": self.map_file,
+            "bytes": self.bytes,
+            "data": self.data_json(),
+        }
+
+
+@dataclass(frozen=True)
+class SummaryCounts:
+    """Counters for a shift or a day; see `StoreReader.summary`."""
+
+    verdicts: dict[str, int]
+    reviewed: int
+    review_open: int
+    recent: int
+
+
+@dataclass(frozen=True)
+class ScoredPart:
+    """One raw image score and the operator's review of that part, if any."""
+
+    score: float
+    review: ReviewVerdict | None
+
+
+@overload
+def unix_time(value: datetime) -> float: ...
+@overload
+def unix_time(value: None) -> None: ...
+@overload
+def unix_time(value: datetime | None) -> float | None: ...
 
 
 def unix_time(value: datetime | None) -> float | None:
@@ -78,7 +228,7 @@ def unix_time(value: datetime | None) -> float | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return ((value - EPOCH) // timedelta(microseconds=1)) / 1e6
 
 
@@ -95,7 +245,67 @@ class StoredFiles:
     nbytes: int
 
 
-class InspectionStore:
+class _Records:
+    """Reading records, the same for the store and its read-only reader; each says how it runs a query."""
+
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    def get(self, record_id: str) -> InspectionRecord | None:
+        rows = self._rows("SELECT * FROM inspections WHERE id=?", (record_id,))
+        return InspectionRecord.from_row(rows[0]) if rows else None
+
+    def page(
+        self,
+        *,
+        model: str | None = None,
+        verdict: VerdictFilter | None = None,
+        reviewed: bool | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[InspectionRecord], str | None]:
+        """Newest first, keyset-paginated on the (time-ordered) id, so pages stay stable while records arrive.
+        `verdict="none"` selects uncalibrated inspections."""
+        where: list[str] = []
+        args: list[Any] = []
+        conditions = (("model = ?", model), ("id < ?", cursor), ("created >= ?", since), ("created < ?", until))
+        for condition, value in conditions:
+            if value is not None:
+                where.append(condition)
+                args.append(value)
+        if verdict is not None:
+            where.append("verdict IS NULL" if verdict == "none" else "verdict = ?")
+            args += [] if verdict == "none" else [verdict]
+        if reviewed is not None:
+            where.append(f"review_verdict IS {'NOT ' if reviewed else ''}NULL")
+        sql = "SELECT * FROM inspections" + (f" WHERE {' AND '.join(where)}" if where else "")
+        rows = self._rows(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit + 1))
+        items = [InspectionRecord.from_row(r) for r in rows[:limit]]
+        return items, (items[-1].id if len(rows) > limit else None)
+
+    def iter_all(
+        self,
+        *,
+        model: str | None = None,
+        verdict: VerdictFilter | None = None,
+        reviewed: bool | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[InspectionRecord]:
+        """Every matching record, page by page (for export)."""
+        cursor = None
+        while True:
+            items, cursor = self.page(
+                model=model, verdict=verdict, reviewed=reviewed, since=since, until=until, cursor=cursor, limit=_BATCH
+            )
+            yield from items
+            if cursor is None:
+                return
+
+
+class InspectionStore(_Records):
     """Thread-safe: one SQLite connection behind a lock (records are small; fsyncs dominate, not queries)."""
 
     def __init__(self, settings: StoreSettings) -> None:
@@ -149,24 +359,21 @@ class InspectionStore:
         fsync_dir(folder)
         return StoredFiles(f"{day}/{image_name}", f"{day}/{map_name}", len(image) + len(map_bytes))
 
-    def insert(self, record: dict[str, Any], files: StoredFiles) -> dict[str, Any]:
-        """Commit the record and return it as `get` would; from here on it survives a crash (and power loss
-        with `synchronous=full`)."""
-        row = {
-            "id": record["id"], "created": record["created"], "model": record["model"], "verdict": record["verdict"],
-            "part_id": record.get("part_id"), "line": record.get("line"), "camera": record.get("camera"),
-            "image_file": files.image_file, "map_file": files.map_file, "bytes": files.nbytes,
-            "data": json.dumps({k: v for k, v in record.items() if k not in _COLUMNS}),
-        }  # fmt: skip
+    def insert(self, record: InspectionRecord) -> InspectionRecord:
+        """Commit the record (its files already written) and return it as `get` would; from here on it
+        survives a crash (and power loss with `synchronous=full`)."""
+        row = record._columns()
         with self._lock, self._conn:
             self._conn.execute(
                 f"INSERT INTO inspections ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
             )
             self._count += 1
-            self._bytes += files.nbytes
-        return _record({**dict.fromkeys(_COLUMNS), **row})
+            self._bytes += record.bytes
+        return replace(record, review_verdict=None, review_note=None, review_operator=None, reviewed_at=None)
 
-    def review(self, record_id: str, verdict: str, note: str, operator: str | None) -> dict[str, Any] | None:
+    def review(
+        self, record_id: str, verdict: ReviewVerdict, note: str, operator: str | None
+    ) -> InspectionRecord | None:
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "UPDATE inspections SET review_verdict=?, review_note=?, review_operator=?, reviewed_at=? WHERE id=?",
@@ -176,49 +383,9 @@ class InspectionStore:
 
     # ---- reading ----------------------------------------------------------------------------------------------
 
-    def get(self, record_id: str) -> dict[str, Any] | None:
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
         with self._lock:
-            row = self._conn.execute("SELECT * FROM inspections WHERE id=?", (record_id,)).fetchone()
-        return _record(row) if row else None
-
-    def list(
-        self,
-        *,
-        model: str | None = None,
-        verdict: str | None = None,
-        reviewed: bool | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first, keyset-paginated on the (time-ordered) id, so pages stay stable while records arrive.
-        `verdict="none"` selects uncalibrated inspections."""
-        where, args = [], []
-        for condition, value in (("model = ?", model), ("id < ?", cursor), ("created >= ?", since),
-                                 ("created < ?", until)):  # fmt: skip
-            if value is not None:
-                where.append(condition)
-                args.append(value)
-        if verdict is not None:
-            where.append("verdict IS NULL" if verdict == "none" else "verdict = ?")
-            args += [] if verdict == "none" else [verdict]
-        if reviewed is not None:
-            where.append(f"review_verdict IS {'NOT ' if reviewed else ''}NULL")
-        sql = "SELECT * FROM inspections" + (f" WHERE {' AND '.join(where)}" if where else "")
-        with self._lock:
-            rows = self._conn.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
-        items = [_record(r) for r in rows[:limit]]
-        return items, (items[-1]["id"] if len(rows) > limit else None)
-
-    def iter_all(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every matching record, page by page (for export)."""
-        cursor = None
-        while True:
-            items, cursor = self.list(**filters, cursor=cursor, limit=_BATCH)
-            yield from items
-            if cursor is None:
-                return
+            return self._conn.execute(sql, args).fetchall()
 
     def path(self, relative: str) -> Path:
         return self.files / relative
@@ -296,10 +463,76 @@ class InspectionStore:
         return (self.root / DB_FILE).stat().st_size
 
 
-def _record(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-    record = {k: row[k] for k in _COLUMNS if k != "data"}
-    record.update(json.loads(row["data"]))
-    return record
+class StoreReader(_Records):
+    """Read-only queries on a store's database; every query opens a read-only connection of its own (cheap next
+    to the query, safe from any thread), so it never waits behind the store's lock and can run beside a
+    running service, e.g. for an export."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.files = self.root / FILES_DIR
+
+    def path(self, relative: str) -> Path:
+        return self.files / relative
+
+    def summary(self, since: float, model: str | None, recent_since: float) -> SummaryCounts:
+        """Inspections created at or after `since` by verdict (always all of VERDICTS) and how many of them were
+        reviewed; the open review queue at any time; and how many were created at or after `recent_since`."""
+        model_sql, model_args = ("AND model = ?", (model,)) if model else ("", ())
+        with self._connect() as db:
+            counts = dict(
+                db.execute(
+                    f"SELECT COALESCE(verdict, 'none'), COUNT(*) FROM inspections WHERE created >= ? "
+                    f"{model_sql} GROUP BY verdict",
+                    (since, *model_args),
+                ).fetchall()
+            )
+            (reviewed,) = db.execute(
+                f"SELECT COUNT(*) FROM inspections WHERE created >= ? {model_sql} AND review_verdict IS NOT NULL",
+                (since, *model_args),
+            ).fetchone()
+            (review_open,) = db.execute(
+                f"SELECT COUNT(*) FROM inspections WHERE verdict = 'review' {model_sql} AND review_verdict IS NULL",
+                model_args,
+            ).fetchone()
+            (recent,) = db.execute(
+                f"SELECT COUNT(*) FROM inspections WHERE created >= ? {model_sql}", (recent_since, *model_args)
+            ).fetchone()
+        return SummaryCounts({v: counts.get(v, 0) for v in VERDICTS}, reviewed, review_open, recent)
+
+    def recent_scores(self, model: str, model_version: str, limit: int) -> list[ScoredPart]:
+        """Raw scores of the newest inspections by that model version, newest first, with their reviews."""
+        with self._connect() as db:
+            # Only the newest `4 * limit` rows are looked at, so a fresh re-fit (no row of its version yet) cannot
+            # turn this into a scan of months of records.
+            rows = db.execute(
+                "SELECT json_extract(data, '$.score'), review_verdict FROM (SELECT data, review_verdict FROM "
+                "inspections WHERE model = ? ORDER BY id DESC LIMIT ?) WHERE json_extract(data, '$.model_version') = ? "
+                "LIMIT ?",
+                (model, 4 * limit, model_version, limit),
+            ).fetchall()
+        return [ScoredPart(score, review) for score, review in rows]
+
+    def count(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0])
+
+    def integrity_ok(self) -> bool:
+        with self._connect() as db:
+            return bool(db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            return db.execute(sql, args).fetchall()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(f"{(self.root / DB_FILE).resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            yield db
+        finally:
+            db.close()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

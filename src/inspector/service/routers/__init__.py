@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from inspector.service.inference import Inspector
+from inspector.service.pipeline import Inspector
 
 
 def get_inspector(request: Request) -> Inspector:

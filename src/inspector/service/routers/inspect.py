@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -27,13 +27,18 @@ IMAGE_BODY = {
         "description": "The image as multipart field `image`, or the raw bytes with Content-Type image/* "
         "(or application/octet-stream). PNG, JPEG, BMP, TIFF, WebP, PGM/PPM; 8 or 16 bit; gray, RGB or RGBA.",
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                "image": _BINARY, "model": _TEXT, **{k: _TEXT for k in META_FIELDS}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": _BINARY, "model": _TEXT, **{k: _TEXT for k in META_FIELDS}},
+                }
+            },
             "image/*": {"schema": _BINARY},
             "application/octet-stream": {"schema": _BINARY},
         },
     }
-}  # fmt: skip
+}
 Text = Annotated[str | None, Query(max_length=128)]
 
 
@@ -42,13 +47,20 @@ Text = Annotated[str | None, Query(max_length=128)]
     response_model=Inspection,
     dependencies=[auth.camera],
     openapi_extra=IMAGE_BODY,
-    responses={code: {"model": ErrorBody, "description": text} for code, text in (
-        (400, "empty body, missing `image` field, or ?model= needed"), (401, auth.RESPONSES[401]["description"]),
-        (404, "unknown model"), (409, "model not calibrated and require_calibration is on"),
-        (413, "image over max_image_mb or max_image_pixels"), (415, "not an image content type"),
-        (422, "not a readable image (corrupt, truncated, unsupported)"),
-        (503, "queue full, disk below its floor, or still starting; see Retry-After"))},
-)  # fmt: skip
+    responses={
+        code: {"model": ErrorBody, "description": text}
+        for code, text in (
+            (400, "empty body, missing `image` field, or ?model= needed"),
+            (401, auth.RESPONSES[401]["description"]),
+            (404, "unknown model"),
+            (409, "model not calibrated and require_calibration is on"),
+            (413, "image over max_image_mb or max_image_pixels"),
+            (415, "not an image content type"),
+            (422, "not a readable image (corrupt, truncated, unsupported)"),
+            (503, "queue full, disk below its floor, or still starting; see Retry-After"),
+        )
+    },
+)
 async def inspect(
     request: Request,
     inspector: InspectorDep,
@@ -77,8 +89,13 @@ async def read_image(request: Request, limit: int) -> tuple[bytes, dict[str, str
     if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         raise TooLarge(_too_large(limit))
     if media_type == "multipart/form-data":
-        parser = MultiPartParser(request.headers, _limited(request.stream(), limit + MULTIPART_SLACK), max_files=1,
-                                 max_fields=8, max_part_size=4096)  # fmt: skip
+        parser = MultiPartParser(
+            request.headers,
+            _limited(request.stream(), limit + MULTIPART_SLACK),
+            max_files=1,
+            max_fields=8,
+            max_part_size=4096,
+        )
         try:
             form = await parser.parse()
         except MultiPartException as exc:
@@ -115,7 +132,7 @@ def _check_type(media_type: str) -> None:
         raise ServiceError(detail, status=415, reason="unsupported_type")
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
     """Pass chunks through until more than `limit` bytes arrived, then stop reading with 413."""
     total = 0
     async for chunk in stream:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import cv2
 import numpy as np
@@ -12,14 +12,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 
+from inspector.components.overlay import overlay
 from inspector.data.io import read_image
 from inspector.service import auth
 from inspector.service.errors import NotFound
-from inspector.service.inference import Inspector, map_preprocessing
+from inspector.service.pipeline import Inspector
 from inspector.service.routers import InspectorDep
 from inspector.service.schemas import ErrorBody, Inspection, InspectionPage, ReviewRequest
-from inspector.service.store import unix_time
-from inspector.visualize import overlay
+from inspector.service.store import InspectionRecord, VerdictFilter, unix_time
 
 router = APIRouter(
     prefix="/v1/inspections",
@@ -34,7 +34,7 @@ IMMUTABLE = {"Cache-Control": "private, max-age=86400"}  # a record's pictures n
 @router.get("", response_model=InspectionPage)
 def list_inspections(
     inspector: InspectorDep,
-    verdict: Annotated[Literal["pass", "review", "fail", "none"] | None, Query(description="none: not judged")] = None,
+    verdict: Annotated[VerdictFilter | None, Query(description="none: not judged")] = None,
     model: str | None = None,
     reviewed: Annotated[bool | None, Query(description="only reviewed (true) or not yet reviewed (false)")] = None,
     since: Annotated[datetime | None, Query(description="created at or after (ISO 8601)")] = None,
@@ -43,10 +43,15 @@ def list_inspections(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> InspectionPage:
     """Inspections, newest first."""
-    items, next_cursor = inspector.store.list(
-        model=model, verdict=verdict, reviewed=reviewed, cursor=cursor, limit=limit,
-        since=unix_time(since), until=unix_time(until),
-    )  # fmt: skip
+    items, next_cursor = inspector.store.page(
+        model=model,
+        verdict=verdict,
+        reviewed=reviewed,
+        cursor=cursor,
+        limit=limit,
+        since=unix_time(since),
+        until=unix_time(until),
+    )
     return InspectionPage(items=[Inspection.from_record(r) for r in items], next_cursor=next_cursor)
 
 
@@ -59,8 +64,8 @@ def get_inspection(record_id: RecordId, inspector: InspectorDep) -> Inspection:
 def get_image(record_id: RecordId, inspector: InspectorDep) -> FileResponse:
     """The uploaded image, byte for byte."""
     record = _record(inspector, record_id)
-    path = _file(inspector, record["image_file"])
-    return FileResponse(path, media_type=record["media_type"], headers=IMMUTABLE)
+    path = _file(inspector, record.image_file)
+    return FileResponse(path, media_type=record.media_type, headers=IMMUTABLE)
 
 
 @router.get("/{record_id}/heatmap.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -92,7 +97,7 @@ def review(record_id: RecordId, body: ReviewRequest, inspector: InspectorDep, re
     return inspection
 
 
-def _record(inspector: Inspector, record_id: str) -> dict[str, Any]:
+def _record(inspector: Inspector, record_id: str) -> InspectionRecord:
     record = inspector.store.get(record_id)
     if record is None:
         raise NotFound(f"no inspection {record_id}")
@@ -106,22 +111,23 @@ def _file(inspector: Inspector, name: str) -> Path:
     return path
 
 
-def _full_map(inspector: Inspector, record: dict[str, Any]) -> np.ndarray:
-    amap = np.load(_file(inspector, record["map_file"])).astype(np.float32)
-    return map_preprocessing(record).map_to_image(amap, (record["height"], record["width"]))
+def _full_map(inspector: Inspector, record: InspectionRecord) -> np.ndarray:
+    """The stored map in original pixels, with the resize/crop it was made with (the model may have changed)."""
+    amap = np.load(_file(inspector, record.map_file)).astype(np.float32)
+    return record.preprocessing.map_to_image(amap, (record.height, record.width))
 
 
-def _render_heatmap(inspector: Inspector, record: dict[str, Any]) -> bytes:
-    image = read_image(_file(inspector, record["image_file"]))
+def _render_heatmap(inspector: Inspector, record: InspectionRecord) -> bytes:
+    image = read_image(_file(inspector, record.image_file))
     amap = _full_map(inspector, record)
-    t = record["pixel_threshold"]
+    t = record.pixel_threshold
     vmin, vmax = (0.5 * t, 1.5 * t) if t else (float(amap.min()), float(amap.max()))
     return _png(cv2.cvtColor(overlay(image, amap, vmin, vmax), cv2.COLOR_RGB2BGR))
 
 
-def _render_map(inspector: Inspector, record: dict[str, Any]) -> tuple[bytes, float]:
+def _render_map(inspector: Inspector, record: InspectionRecord) -> tuple[bytes, float]:
     amap = _full_map(inspector, record)
-    t = record["pixel_threshold"]
+    t = record.pixel_threshold
     scale = 2.0 * t if t else max(float(amap.max()), 1e-12)  # calibrated: the threshold is mid-grey
     return _png((np.clip(amap / scale, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16)), scale
 

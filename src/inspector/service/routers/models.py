@@ -8,9 +8,9 @@ from fastapi import APIRouter, Body
 from fastapi.concurrency import run_in_threadpool
 
 from inspector.calibration import Calibration, list_calibrations
-from inspector.calibration.store import model_fingerprint
+from inspector.calibration.store import is_stale, model_fingerprint
 from inspector.service import auth
-from inspector.service.inference import LoadedModel
+from inspector.service.registry import LoadedModel
 from inspector.service.routers import InspectorDep
 from inspector.service.schemas import ActivateCalibration, CalibrationInfo, ErrorBody, ModelInfo, ReloadRequest
 
@@ -38,12 +38,15 @@ def get_calibrations(name: str, inspector: InspectorDep) -> list[CalibrationInfo
     entry = inspector.registry.get(name)
     current = model_fingerprint(entry.dir)
     active = entry.calibration.name if entry.calibration else None
-    return [calibration_info(c, c.name == active, bool(c.model_fingerprint) and c.model_fingerprint != current)
-            for c in list_calibrations(entry.dir)]  # fmt: skip
+    return [calibration_info(c, c.name == active, is_stale(c, current)) for c in list_calibrations(entry.dir)]
 
 
-@router.put("/{name}/calibration", response_model=ModelInfo, dependencies=[auth.operator],
-            responses={409: {"model": ErrorBody, "description": "calibration is stale"}})  # fmt: skip
+@router.put(
+    "/{name}/calibration",
+    response_model=ModelInfo,
+    dependencies=[auth.operator],
+    responses={409: {"model": ErrorBody, "description": "calibration is stale"}},
+)
 def activate(name: str, body: ActivateCalibration, inspector: InspectorDep) -> ModelInfo:
     """Make an archived calibration the active one; the next inspection is judged by it (no restart)."""
     entry = inspector.registry.activate(name, body.name)
@@ -51,8 +54,12 @@ def activate(name: str, body: ActivateCalibration, inspector: InspectorDep) -> M
     return model_info(entry)
 
 
-@router.post("/reload", response_model=list[ModelInfo], dependencies=[auth.operator],
-             responses={409: {"model": ErrorBody, "description": "reload failed or already running"}})  # fmt: skip
+@router.post(
+    "/reload",
+    response_model=list[ModelInfo],
+    dependencies=[auth.operator],
+    responses={409: {"model": ErrorBody, "description": "reload failed or already running"}},
+)
 async def reload(inspector: InspectorDep, body: Annotated[ReloadRequest | None, Body()] = None) -> list[ModelInfo]:
     """Load the model directory again (after a re-fit or calibrate), warm it up and swap it in. Requests keep
     being served by the old model meanwhile and in-flight ones finish on it; a failed load changes nothing."""
@@ -63,15 +70,30 @@ async def reload(inspector: InspectorDep, body: Annotated[ReloadRequest | None, 
 
 
 def calibration_info(c: Calibration, active: bool, stale: bool = False) -> CalibrationInfo:
-    return CalibrationInfo(name=c.name, rule=c.rule, image_threshold=c.image_threshold,
-                           pixel_threshold=c.pixel_threshold, review_band=c.review_band, created=c.created,
-                           active=active, stale=stale)  # fmt: skip
+    return CalibrationInfo(
+        name=c.name,
+        rule=c.rule,
+        image_threshold=c.image_threshold,
+        pixel_threshold=c.pixel_threshold,
+        review_band=c.review_band,
+        created=c.created,
+        active=active,
+        stale=stale,
+    )
 
 
 def model_info(e: LoadedModel) -> ModelInfo:
-    fit, data = e.model.fit_info_, e.model.data_info_
-    return ModelInfo(name=e.name, kind=e.model.kind, version=e.version, dir=str(e.dir),
-                     input_size=e.model.preprocessing_.input_size, fitted_at=fit.get("fitted_at"),
-                     category=data.get("category"), loaded_at=e.loaded_at, calibrated=e.calibration is not None,
-                     calibration=calibration_info(e.calibration, True) if e.calibration else None,
-                     calibration_error=e.calibration_error)  # fmt: skip
+    scorer = e.scorer
+    return ModelInfo(
+        name=e.name,
+        kind=scorer.kind,
+        version=e.version,
+        dir=str(e.dir),
+        input_size=scorer.preprocessing.input_size,
+        fitted_at=scorer.fit_info.get("fitted_at"),
+        category=scorer.data_info.get("category"),
+        loaded_at=e.loaded_at,
+        calibrated=e.calibration is not None,
+        calibration=calibration_info(e.calibration, True) if e.calibration else None,
+        calibration_error=e.calibration_error,
+    )

@@ -1,7 +1,8 @@
-"""Fit settings: built-in defaults < configs/mvtec/<category>.yaml < command-line flags.
+"""Fit settings: built-in defaults < a category config (configs/mvtec/<category>.yaml) < command-line flags.
 
 A category config holds shared settings (image size, crop, backbone, layers) at the top level, `model:` naming
 the default method, and one section per method (`patchcore:`, `padim:`, `fastflow:`) for its own parameters.
+The configs for the 15 MVTec AD categories ship inside the package (inspector/configs/mvtec/).
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ from typing import Any
 
 import yaml
 
-SHARED_KEYS = ("backbone", "layers", "image_size", "crop_size", "weights", "batch_size", "runtime", "threads",
-               "blur_sigma", "seed")  # fmt: skip
-DEFAULT_MODEL = "patchcore"
+from inspector.common.errors import InspectorError
+from inspector.common.names import DEFAULT_MODEL_KIND
+from inspector.models.estimators import ESTIMATORS, AnomalyModel
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mvtec"
 
 
-class ConfigError(ValueError):
+class ConfigError(InspectorError, ValueError):
     """A config file that cannot be read or names unknown settings."""
 
 
 def config_dirs() -> list[Path]:
-    """Where category configs are looked up, first match wins."""
+    """Where category configs are looked up, first match wins: $INSPECTOR_CONFIG_DIR, ./configs/mvtec, the
+    package's own."""
     dirs = [Path(p) for p in os.environ.get("INSPECTOR_CONFIG_DIR", "").split(os.pathsep) if p]
-    dirs.append(Path.cwd() / "configs" / "mvtec")
-    dirs.append(Path(__file__).resolve().parents[2] / "configs" / "mvtec")  # a source checkout
-    return dirs
+    return [*dirs, Path.cwd() / "configs" / "mvtec", PACKAGE_CONFIGS]
 
 
 def find_category_config(category: str | None) -> Path | None:
@@ -53,13 +55,12 @@ def resolve_fit_settings(
     config: dict[str, Any], model: str | None, overrides: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """The model kind and its constructor parameters from a config plus flag overrides (None = not given)."""
-    from inspector.models import MODELS
-
-    kind = model or config.get("model") or DEFAULT_MODEL
-    if kind not in MODELS:
-        raise ConfigError(f"unknown model '{kind}', choose from {', '.join(MODELS)}")
-    params: dict[str, Any] = {k: v for k, v in config.items() if k in SHARED_KEYS}
-    unknown = set(config) - set(SHARED_KEYS) - set(MODELS) - {"model", "description"}
+    kind = model or config.get("model") or DEFAULT_MODEL_KIND
+    if kind not in ESTIMATORS:
+        raise ConfigError(f"unknown model '{kind}', choose from {', '.join(ESTIMATORS)}")
+    shared = AnomalyModel._param_names()
+    params: dict[str, Any] = {k: v for k, v in config.items() if k in shared}
+    unknown = set(config) - set(shared) - set(ESTIMATORS) - {"model", "description"}
     if unknown:
         raise ConfigError(f"unknown settings in config: {', '.join(sorted(unknown))}")
     section = config.get(kind) or {}

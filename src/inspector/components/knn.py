@@ -12,27 +12,35 @@ import math
 import faiss
 import numpy as np
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+from inspector.common.errors import InspectorError, ParameterError
+from inspector.common.names import IndexKind, choices
+from inspector.common.system import cpu_threads
+
+INDEX_KINDS = choices(IndexKind)
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(InspectorError, RuntimeError):
     """A saved index that cannot be read back."""
 
 
 class NearestNeighbourIndex:
     """k-NN search over a fixed (N, D) float32 bank."""
 
-    def __init__(self, kind: str = "flat", nprobe: int = 8, hnsw_m: int = 32, ef_search: int = 64,
-                 use_gpu: bool | None = None, threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kind: IndexKind = "flat",
+        nprobe: int = 8,
+        hnsw_m: int = 32,
+        ef_search: int = 64,
+        use_gpu: bool | None = None,
+    ) -> None:
         if kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind '{kind}', choose from {', '.join(INDEX_KINDS)}")
+            raise ParameterError(f"unknown index kind '{kind}', choose from {', '.join(INDEX_KINDS)}")
         self.kind = kind
         self.nprobe = nprobe
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
         self.use_gpu = gpu_available() if use_gpu is None else use_gpu
-        if threads:
-            faiss.omp_set_num_threads(threads)
         self._cpu_index: faiss.Index | None = None
         self._search_index: faiss.Index | None = None
 
@@ -47,6 +55,7 @@ class NearestNeighbourIndex:
     def build(self, bank: np.ndarray) -> NearestNeighbourIndex:
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         n, d = bank.shape
+        index: faiss.Index
         if self.kind == "flat":
             index = faiss.IndexFlatL2(d)
         elif self.kind == "ivf":
@@ -94,3 +103,10 @@ class NearestNeighbourIndex:
 
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def set_search_threads(threads: int | None) -> int:
+    """Set FAISS's OpenMP threads (process-wide: call it once, at an entry point); returns the count set."""
+    count = cpu_threads(threads)
+    faiss.omp_set_num_threads(count)
+    return count

@@ -1,0 +1,142 @@
+"""The served models in memory: loading, warm-up, reload and switching calibration, all at run time.
+
+Reload loads and warms a new model in the background and then swaps one reference; a request holds the
+`LoadedModel` it was admitted with, so in-flight requests finish on the old model and none is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from inspector.calibration import Calibration, CalibrationError, activate_calibration, load_active_calibration
+from inspector.calibration.store import CalibrationNotFound, is_stale, list_calibrations, model_fingerprint
+from inspector.models.scoring import Scorer, load_scorer
+from inspector.service.analysis import warm_up
+from inspector.service.config import ModelSpec
+from inspector.service.errors import Conflict, NotFound, ServiceError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A warmed-up model and the calibration that judges its scores; replaced whole, never mutated."""
+
+    name: str
+    dir: Path
+    scorer: Scorer
+    version: str
+    loaded_at: datetime
+    calibration: Calibration | None
+    calibration_error: str | None
+
+    @property
+    def map_threshold(self) -> float | None:
+        """The pixel threshold for regions; a calibration without one falls back to its image threshold."""
+        cal = self.calibration
+        return None if cal is None else cal.pixel_threshold or cal.image_threshold
+
+
+def read_calibration(model_dir: Path) -> tuple[Calibration | None, str | None]:
+    """The active calibration, or None and why (none made yet, or stale: made for an earlier fit)."""
+    try:
+        calibration = load_active_calibration(model_dir)
+    except CalibrationError as exc:
+        log.warning("%s: calibration not used: %s", model_dir, exc)
+        return None, str(exc)
+    return calibration, None if calibration else "no active calibration (run `inspector calibrate`)"
+
+
+class ModelRegistry:
+    """The served models by name. Loading and reloading are blocking: call them from a thread.
+
+    `threads` is each model's onnxruntime intra-op thread count (per session); FAISS's process-wide count is
+    set once where the service starts, not here."""
+
+    def __init__(self, specs: list[ModelSpec], threads: int, warmup_runs: int) -> None:
+        self.specs = {s.name: s for s in specs}
+        self.threads = threads
+        self.warmup_runs = warmup_runs
+        self.entries: dict[str, LoadedModel] = {}
+        self.error: str | None = None
+        self._reloading: dict[str, threading.Lock] = {name: threading.Lock() for name in self.specs}
+
+    @property
+    def ready(self) -> bool:
+        return len(self.entries) == len(self.specs) > 0
+
+    def load_all(self) -> None:
+        try:
+            for name in self.specs:
+                self.entries[name] = self._load(name)
+        except Exception as exc:
+            self.error = f"loading models failed: {exc}"
+            raise
+
+    def get(self, name: str | None) -> LoadedModel:
+        if name is None:
+            if len(self.specs) != 1:
+                raise ServiceError(f"several models are loaded; say which with ?model= ({', '.join(self.specs)})")
+            name = next(iter(self.specs))
+        if name not in self.specs:
+            raise NotFound(f"model '{name}' is not loaded (loaded: {', '.join(self.specs) or 'none'})")
+        entry = self.entries.get(name)
+        if entry is None:
+            raise Unavailable(f"model '{name}' is still loading", "not_ready", retry_after=5)
+        return entry
+
+    def reload(self, name: str) -> LoadedModel:
+        """Load the directory again (a re-fit, a new calibration), warm it, then swap; old one serves meanwhile."""
+        self.get(name)
+        lock = self._reloading[name]
+        if not lock.acquire(blocking=False):
+            raise Conflict(f"model '{name}' is already being reloaded")
+        try:
+            entry = self._load(name)
+        except Exception as exc:  # whatever went wrong, the model that serves now must keep serving
+            raise Conflict(f"reload of '{name}' failed, the previous model keeps serving: {exc}") from exc
+        finally:
+            lock.release()
+        self.entries[name] = entry
+        return entry
+
+    def activate(self, name: str, calibration: str) -> LoadedModel:
+        """Switch the active calibration at run time; refuses one made for an earlier fit of the model."""
+        entry = self.get(name)
+        current = model_fingerprint(entry.dir)
+        if any(c.name == calibration and is_stale(c, current) for c in list_calibrations(entry.dir)):
+            raise Conflict(f"calibration '{calibration}' was made for an earlier fit of '{name}'")
+        try:
+            activate_calibration(entry.dir, calibration)
+        except CalibrationNotFound as exc:
+            raise NotFound(str(exc)) from exc
+        except CalibrationError as exc:  # became stale since the check above: the model was re-fitted meanwhile
+            raise Conflict(str(exc)) from exc
+        cal, error = read_calibration(entry.dir)
+        entry = replace(self.entries[name], calibration=cal, calibration_error=error)
+        self.entries[name] = entry
+        return entry
+
+    def _load(self, name: str) -> LoadedModel:
+        spec = self.specs[name]
+        start = time.perf_counter()
+        version = model_fingerprint(spec.dir)[:12]
+        scorer = load_scorer(spec.dir, threads=self.threads)
+        calibration, error = read_calibration(spec.dir)
+        entry = LoadedModel(name, Path(spec.dir), scorer, version, datetime.now(UTC), calibration, error)
+        warm_up(entry.scorer, entry.map_threshold, self.warmup_runs)
+        log.info(
+            "model %s (%s %s, %s) loaded and warmed up in %.1f s; %s",
+            name,
+            scorer.kind,
+            version,
+            scorer.runtime,
+            time.perf_counter() - start,
+            f"calibration {calibration.name}" if calibration else error,
+        )
+        return entry

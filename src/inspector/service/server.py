@@ -1,0 +1,37 @@
+"""The uvicorn server `serve` runs: one process, and a stop that ends the operator page's event streams first.
+
+uvicorn lets open responses finish before it stops, and an event stream never finishes by itself, so every
+stop would otherwise wait out the graceful-shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import suppress
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from inspector.service.broadcast import Broadcaster
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that ends the app's event streams when it begins to stop."""
+
+    def __init__(self, app: FastAPI, **options: Any) -> None:
+        super().__init__(uvicorn.Config(app, **options))
+        self.broadcaster: Broadcaster = app.state.events
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.broadcaster.close()
+        await super().shutdown(sockets)
+
+
+def run(app: FastAPI, **options: Any) -> None:
+    """`uvicorn.run(app, **options)` for one process, with event streams that end at a stop."""
+    server = Server(app, **options)
+    with suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it has already handled
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run: the app could not start
