@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from inspector.common.errors import InspectorError
@@ -26,6 +27,20 @@ Handler = Callable[[argparse.Namespace], int]
 
 class UsageError(InspectorError):
     """A command line that does not say enough, or contradicts itself; printed without a traceback."""
+
+
+FIT_EXTRA = 'pip install "inspector[fit]"'
+
+
+def training_stack() -> ModuleType:
+    """torch, for the commands that fit; where the training stack is not installed (a line box), a one-line
+    error that names the extra to install."""
+    try:
+        import timm  # noqa: F401  (the backbones need it as much as torch)
+        import torch
+    except ImportError as exc:
+        raise UsageError(f"fitting needs the training stack, and {exc.name} is not installed: {FIT_EXTRA}") from exc
+    return torch
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inspector.cli.arguments import Subcommands, add_command
+from inspector.cli.arguments import Subcommands, add_command, training_stack
 
 CATEGORY = "synthetic"
 DEMO_MODELS = ("patchcore", "padim")
@@ -31,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_demo(workdir: Path, progress: bool = True) -> int:
-    import torch
-
+    torch = training_stack()  # first: the imports below need it
     from inspector.common.system import cpu_threads
     from inspector.components.knn import set_search_threads
     from inspector.components.overlay import overlay, write_png

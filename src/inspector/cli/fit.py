@@ -16,6 +16,7 @@ from inspector.cli.arguments import (
     int_tuple,
     set_pairs,
     size,
+    training_stack,
 )
 from inspector.common.names import DEFAULT_MODEL_KIND, ImageScore, IndexKind, ModelKind, Runtime, choices
 
@@ -55,8 +56,7 @@ def add_parser(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    torch = training_stack()  # first: the imports below need it
     from inspector.common.system import cpu_threads
     from inspector.components.knn import set_search_threads
     from inspector.data.mvtec import Dataset, list_images
