@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inspector.cli.arguments import (
     Subcommands,
@@ -19,6 +19,10 @@ from inspector.cli.arguments import (
     training_stack,
 )
 from inspector.common.names import DEFAULT_MODEL_KIND, ImageScore, IndexKind, ModelKind, Runtime, choices
+
+if TYPE_CHECKING:
+    from inspector.data.mvtec import Dataset
+    from inspector.models.golden import GoldenRole
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -74,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
         images = list_images(train_dir)
         if not images:
             raise UsageError(f"no images in {train_dir}")
+        golden: list[tuple[GoldenRole, Path]] = []
         data: dict[str, Any] = {"train_dir": str(train_dir.resolve()), "category": args.category}
     elif args.category:
         dataset = Dataset(args.data_root, args.category)
         images = dataset.train()
         train_dir = dataset.train_dir
+        golden = golden_test_images(dataset)
         data = {
             "data_root": str(Path(args.data_root).resolve()),
             "category": args.category,
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("models") / (args.category or train_dir.name)
     source = f" (config {config_path})" if config_path else ""
     print(f"fitting {kind} on {len(images)} images from {train_dir}{source}", file=sys.stderr)
-    model.fit(images, progress=not args.quiet)
+    model.fit(images, progress=not args.quiet, golden=golden)
     data["config"] = str(config_path) if config_path else None
     model.save(out, data=data)
     info = model.fit_info_
@@ -125,3 +131,16 @@ def run(args: argparse.Namespace) -> int:
         f"peak memory {info['peak_rss_mb']:.0f} MiB -> {out}"
     )
     return 0
+
+
+def golden_test_images(dataset: Dataset) -> list[tuple[GoldenRole, Path]]:
+    """A spread of the labelled test images, good and defective, for the golden set exports are checked on."""
+    from inspector.models.golden import GOLDEN_TEST_IMAGES, spread
+
+    chosen: list[tuple[GoldenRole, Path]] = []
+    samples = dataset.test()
+    roles: tuple[tuple[GoldenRole, bool], ...] = (("good", False), ("defect", True))
+    for role, defective in roles:
+        paths = [s.path for s in samples if s.is_defect == defective]
+        chosen += [(role, paths[i]) for i in spread(paths, GOLDEN_TEST_IMAGES)]
+    return chosen

@@ -52,6 +52,11 @@ class NearestNeighbourIndex:
     def dim(self) -> int:
         return 0 if self._cpu_index is None else int(self._cpu_index.d)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether searches run on a GPU copy of the index (faiss-gpu with a GPU, and not HNSW)."""
+        return self._search_index is not None and self._search_index is not self._cpu_index
+
     def build(self, bank: np.ndarray) -> NearestNeighbourIndex:
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         n, d = bank.shape
@@ -102,6 +107,7 @@ class NearestNeighbourIndex:
 
 
 def gpu_available() -> bool:
+    """faiss was built with GPU support (faiss-gpu, the `gpu` extra) and sees a GPU; faiss-cpu never does."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 

@@ -36,6 +36,7 @@ from inspector.common.system import cpu_threads, peak_rss_mb
 from inspector.data.io import read_image
 from inspector.features.backbones import BackboneInfo, load_backbone, make_padding_static
 from inspector.features.preprocess import Preprocessing, as_size
+from inspector.models.golden import GOLDEN_FILE, GOLDEN_TRAIN_IMAGES, GoldenRole, GoldenSet, spread
 from inspector.models.network import Network, Normalize
 from inspector.models.persistence import NETWORK_FILE, write_model_dir
 from inspector.models.registry import Registry
@@ -123,8 +124,16 @@ class AnomalyModel(ABC):
             setattr(self, name, value)
         return self
 
-    def fit(self, images: Sequence[ImageLike], progress: bool = True) -> AnomalyModel:
-        """Fit on good images (paths or RGB uint8 arrays, any sizes)."""
+    def fit(
+        self,
+        images: Sequence[ImageLike],
+        progress: bool = True,
+        golden: Sequence[tuple[GoldenRole, ImageLike]] = (),
+    ) -> AnomalyModel:
+        """Fit on good images (paths or RGB uint8 arrays, any sizes).
+
+        `golden` adds labelled test images (role "good" or "defect") to the golden set, which always holds a
+        spread of the training images: the set `inspector export` checks every export against."""
         self._validate()
         if len(images) == 0:
             raise ParameterError("no training images given")
@@ -139,6 +148,7 @@ class AnomalyModel(ABC):
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
             "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        self.golden_ = self._golden_set(images, golden)
         self.scorer_ = SCORERS[self.kind](self._manifest(), self._files(), runner=self._network_runner)
         return self
 
@@ -180,11 +190,33 @@ class AnomalyModel(ABC):
         state, once more at the end: the last compile is the network that is saved and scored."""
         info = self.backbone_info_
         network = Network(Normalize(info.mean, info.std), self._backbone_module, head).eval()
+        self.network_ = network
         self.network_onnx_ = export_onnx(network, self.preprocessing_.input_size, self._n_outputs(network))
         runner: Runner = (
             TorchRunner(network) if self.runtime == "torch" else OnnxRunner(self.network_onnx_, self.threads)
         )
         self._network_runner = runner
+
+    def _golden_set(self, images: Sequence[ImageLike], extra: Sequence[tuple[GoldenRole, ImageLike]]) -> GoldenSet:
+        """A spread of the training images plus `extra`, scored by the network as torch runs it: the reference
+        an export must reproduce."""
+        chosen: list[tuple[str, ImageLike]] = [("train", images[i]) for i in spread(images, GOLDEN_TRAIN_IMAGES)]
+        chosen += [(role, image) for role, image in extra]
+        inputs = np.stack([self.preprocessing_.one(_as_rgb(image)) for _, image in chosen])
+        reference = SCORERS[self.kind](self._manifest(), self._state(), runner=TorchRunner(self.network_))
+        scores, maps = [], []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            result = reference.score_batch(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32))
+            scores.append(result.scores)
+            maps.append(result.maps.astype(np.float32))
+        return GoldenSet(
+            names=[_image_name(image, i) for i, (_, image) in enumerate(chosen)],
+            roles=[role for role, _ in chosen],
+            inputs=inputs,
+            scores=np.concatenate(scores),
+            maps=np.concatenate(maps),
+        )
 
     def _n_outputs(self, network: nn.Module) -> int:
         with torch.inference_mode():
@@ -230,11 +262,18 @@ class AnomalyModel(ABC):
         }
 
     def _files(self) -> dict[str, bytes]:
-        return {NETWORK_FILE: self.network_onnx_, **self._state()}
+        return {NETWORK_FILE: self.network_onnx_, **self._state(), GOLDEN_FILE: self.golden_.to_bytes()}
 
 
 def _as_rgb(image: ImageLike) -> np.ndarray:
     return image if isinstance(image, np.ndarray) else read_image(image)
+
+
+def _image_name(image: ImageLike, position: int) -> str:
+    """A golden image's name as its folder and file (test images of different defect types share file names)."""
+    if isinstance(image, str | Path):
+        return f"{Path(image).parent.name}/{Path(image).name}"
+    return f"array-{position}"
 
 
 def _size(value: int | Sequence[int], name: str) -> tuple[int, int]:

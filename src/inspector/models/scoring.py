@@ -99,13 +99,26 @@ class Scorer:
 
     @property
     def runtime(self) -> str:
-        """Which runtime runs the network (onnxruntime on the line)."""
-        return str(getattr(self.runner, "name", type(self.runner).__name__))
+        """Which runtime runs the network, with its execution provider where it has one
+        ("onnxruntime/CPUExecutionProvider"): a report or a benchmark must say whether a GPU ran it."""
+        name = str(getattr(self.runner, "name", type(self.runner).__name__))
+        return f"{name}/{self.provider}" if self.provider else name
+
+    @property
+    def provider(self) -> str | None:
+        """The onnxruntime execution provider the network runs on; None for a runner without one (torch)."""
+        provider = getattr(self.runner, "provider", None)
+        return None if provider is None else str(provider)
 
     def score(self, images: Sequence[np.ndarray]) -> ScoreResult:
         """Score decoded RGB uint8 images (any sizes) into image scores and anomaly maps."""
         t0 = time.perf_counter()
         batch = self.preprocessing(images)
+        return self.score_batch(batch, {"preprocess": (time.perf_counter() - t0) * 1e3})
+
+    def score_batch(self, batch: np.ndarray, timings_ms: dict[str, float] | None = None) -> ScoreResult:
+        """Score an already preprocessed (B, 3, H, W) float32 batch at the network's input size (the golden set
+        is kept that way)."""
         t1 = time.perf_counter()
         outputs = self.runner(batch)
         t2 = time.perf_counter()
@@ -114,8 +127,9 @@ class Scorer:
         maps = smooth_maps(patch_maps, self.preprocessing.input_size, self.blur_sigma)
         scores = self._image_scores(scores, maps)
         t4 = time.perf_counter()
-        timings = {"preprocess": t1 - t0, "features": t2 - t1, "search": t3 - t2, "postprocess": t4 - t3}
-        return ScoreResult(scores.astype(np.float64), maps, {k: v * 1e3 for k, v in timings.items()})
+        timings = {"features": t2 - t1, "search": t3 - t2, "postprocess": t4 - t3}
+        timings_ms = {**(timings_ms or {}), **{k: v * 1e3 for k, v in timings.items()}}
+        return ScoreResult(scores.astype(np.float64), maps, timings_ms)
 
 
 class PatchCoreScorer(Scorer, kind="patchcore"):

@@ -143,6 +143,11 @@ class ModelInfo(BaseModel):
     fitted_at: str | None
     category: str | None
     loaded_at: datetime
+    runtime: str = Field(
+        description="what runs the network, with its execution provider: onnxruntime/CPUExecutionProvider"
+    )
+    provider: str | None = Field(description="onnxruntime execution provider (CPU, CUDA or TensorRT)")
+    search_on_gpu: bool | None = Field(description="PatchCore: the FAISS search runs on a GPU; null for other kinds")
     calibrated: bool
     calibration: CalibrationInfo | None
     calibration_error: str | None = Field(description="why the active calibration is not used, if so")

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from inspector.calibration import Calibration, list_calibrations
 from inspector.calibration.store import is_stale, model_fingerprint
+from inspector.components.knn import NearestNeighbourIndex
 from inspector.service import auth
 from inspector.service.registry import LoadedModel
 from inspector.service.routers import InspectorDep
@@ -84,6 +85,7 @@ def calibration_info(c: Calibration, active: bool, stale: bool = False) -> Calib
 
 def model_info(e: LoadedModel) -> ModelInfo:
     scorer = e.scorer
+    index = getattr(scorer, "index", None)  # PatchCore's FAISS index; other kinds search nothing
     return ModelInfo(
         name=e.name,
         kind=scorer.kind,
@@ -93,6 +95,9 @@ def model_info(e: LoadedModel) -> ModelInfo:
         fitted_at=scorer.fit_info.get("fitted_at"),
         category=scorer.data_info.get("category"),
         loaded_at=e.loaded_at,
+        runtime=scorer.runtime,
+        provider=scorer.provider,
+        search_on_gpu=index.on_gpu if isinstance(index, NearestNeighbourIndex) else None,
         calibrated=e.calibration is not None,
         calibration=calibration_info(e.calibration, True) if e.calibration else None,
         calibration_error=e.calibration_error,
