@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import faiss
 import numpy as np
@@ -62,7 +62,7 @@ class FakeSession:
     """An InferenceSession that records what it was asked for and, like onnxruntime when TensorRT's libraries
     are missing, runs on the next provider."""
 
-    requested: list[Any] = []
+    requested: ClassVar[list[Any]] = []
 
     def __init__(self, source: Any, options: Any, providers: list[Any]) -> None:
         FakeSession.requested = providers
