@@ -65,6 +65,8 @@ def log_to_stderr(verbose: bool) -> Iterator[None]:
     piling up handlers, and it works whatever logging the caller has already configured."""
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    # On the handler too: a logger given its own level (the service sets "inspector"'s) must not print info.
+    stream.setLevel(logging.INFO if verbose else logging.WARNING)
     root = logging.getLogger()
     level = root.level
     root.addHandler(stream)
