@@ -117,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
         overrides["crop_size"] = None
         config.pop("crop_size", None)
     kind, params = resolve_fit_settings(config, args.model, overrides)
+    if args.image_size and args.crop_size is None and config.get("crop_size"):
+        print(
+            f"crop_size scaled with --image-size: {config['crop_size']} of {config.get('image_size')} px becomes "
+            f"{params['crop_size']} of {args.image_size} (give --crop-size to choose, 0 for none)",
+            file=sys.stderr,
+        )
     model = create_model(kind).set_params(**params)  # an unknown setting is a ParameterError naming the known ones
     out = args.out or Path("models") / (args.category or train_dir.name)
     source = f" (config {config_path})" if config_path else ""

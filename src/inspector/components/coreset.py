@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from inspector.common.progress import progress_bar
 
 
 def greedy_coreset(
@@ -43,7 +44,7 @@ def greedy_coreset(
         min_dist = torch.full((n,), float("inf"))
         selected = np.empty(n_select, dtype=np.int64)
         current = int(torch.randint(n, (1,), generator=generator))
-        for i in tqdm(range(n_select), desc="coreset", unit="pt", disable=not progress, leave=False):
+        for i in progress_bar(range(n_select), desc="coreset", unit="pt", disable=not progress, leave=False):
             selected[i] = current
             # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2: one matrix-vector product per pick
             dist = torch.addmv(sq_norms, x, x[current], alpha=-2.0).add_(sq_norms[current])

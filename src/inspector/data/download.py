@@ -29,9 +29,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
-from tqdm import tqdm
-
 from inspector.common.errors import InspectorError
+from inspector.common.progress import progress_bar
 from inspector.data.mvtec import MVTEC_CATEGORIES, MVTEC_LICENSE, MVTEC_PAGE, check_category_name
 
 __all__ = [
@@ -146,7 +145,7 @@ def _fetch(url: str, out: BinaryIO, *, desc: str, progress: bool) -> str:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
-        with tqdm(
+        with progress_bar(
             total=total,
             unit="B",
             unit_scale=True,

@@ -6,14 +6,13 @@ so a pixel of the mask and a pixel of the map are the same place on the part.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from inspector.common.progress import progress_bar
 from inspector.data.io import read_image, read_mask
 from inspector.data.mvtec import Sample
 from inspector.features.preprocess import Preprocessing
@@ -74,7 +73,7 @@ def score_samples(
     stage_ms: dict[str, list[float]] = {}
     if warm_up and samples:
         scorer.score([read_image(samples[0].path)])
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=n, desc=desc, unit="img", disable=not progress)
     for start in range(0, n, batch_size):
         chunk = samples[start : start + batch_size]
         images = [read_image(s.path) for s in chunk]

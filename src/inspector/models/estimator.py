@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -27,11 +26,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from inspector import __version__
 from inspector.common.errors import ParameterError
 from inspector.common.names import ModelKind, Runtime, choices
+from inspector.common.progress import progress_bar
 from inspector.common.system import cpu_threads, peak_rss_mb
 from inspector.data.io import read_image
 from inspector.features.backbones import BackboneInfo, load_backbone, make_padding_static
@@ -173,6 +172,12 @@ class AnomalyModel(ABC):
             raise ParameterError(f"layers must be backbone stage numbers such as (2, 3), got {self.layers!r}")
         if not self.blur_sigma >= 0:
             raise ParameterError(f"blur_sigma must be >= 0, got {self.blur_sigma!r}")
+        image, crop = _size(self.image_size, "image_size"), as_size(self.crop_size)
+        if crop is not None and (crop[0] > image[0] or crop[1] > image[1] or min(crop) < 1):
+            raise ParameterError(
+                f"crop_size {self.crop_size!r} does not fit in image_size {self.image_size!r}: the centre crop is "
+                "taken from the resized image, so give a crop_size no larger than image_size (or none)"
+            )
         self._validate_params()
 
     def _fitted_scorer(self) -> Scorer:
@@ -229,7 +234,7 @@ class AnomalyModel(ABC):
 
     def _batches(self, images: Sequence[ImageLike], progress: bool, desc: str) -> Iterator[np.ndarray]:
         """Preprocessed float32 batches; the next batch is decoded in background threads meanwhile."""
-        bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, file=sys.stderr)
+        bar = progress_bar(total=len(images), desc=desc, unit="img", disable=not progress)
         starts = range(0, len(images), self.batch_size)
         with ThreadPoolExecutor(max_workers=min(4, cpu_threads(self.threads))) as pool:
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import sys
 import time
 import warnings
 from collections.abc import Generator, Sequence
@@ -26,9 +25,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from inspector.common.errors import ParameterError
+from inspector.common.progress import progress_bar
 from inspector.components.flows import FlowStack
 from inspector.models.estimator import AnomalyModel, ImageLike
 from inspector.models.network import align_stages
@@ -158,7 +157,7 @@ class FastFlow(AnomalyModel, kind="fastflow"):
         generator = torch.Generator().manual_seed(self.seed)
         history: list[float] = []
         best_loss, best_epoch, best_state = math.inf, 0, {}
-        bar = tqdm(range(self.epochs), desc="fastflow", unit="epoch", disable=not progress, file=sys.stderr)
+        bar = progress_bar(range(self.epochs), desc="fastflow", unit="epoch", disable=not progress)
         try:
             for epoch in bar:
                 total = 0.0

@@ -67,5 +67,16 @@ def resolve_fit_settings(
     if not isinstance(section, dict):
         raise ConfigError(f"config section '{kind}' must be a mapping")
     params.update(section)
-    params.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "image_size" in given and "crop_size" not in given and params.get("crop_size") and params.get("image_size"):
+        given["crop_size"] = scaled_crop(params["crop_size"], params["image_size"], given["image_size"])
+    params.update(given)
     return kind, params
+
+
+def scaled_crop(crop: int | list[int], config_size: int | list[int], new_size: int | list[int]) -> int | list[int]:
+    """A config's crop for another image size: the same fraction of the image (288 of 320 becomes 230 of 256),
+    so `--image-size` alone keeps the config's field of view instead of asking for a crop larger than the image."""
+    crops, sizes, news = ([v] * 2 if isinstance(v, int) else list(v) for v in (crop, config_size, new_size))
+    out = [max(1, round(c * n / s)) for c, s, n in zip(crops, sizes, news, strict=True)]
+    return out[0] if isinstance(crop, int) and out[0] == out[1] else out
