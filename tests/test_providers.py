@@ -14,10 +14,11 @@ import onnxruntime as ort
 import pytest
 
 from inspector.components.knn import NearestNeighbourIndex, gpu_available
-from inspector.models.persistence import NETWORK_FILE
+from inspector.models.persistence import NETWORK_FILE, read_model_dir, write_model_dir
 from inspector.models.scoring import load_scorer
 from inspector.runtime import onnx
 from inspector.runtime.onnx import OnnxRunner, choose_providers
+from inspector.runtime.precision import Precision
 from tests.test_service import running, settings_for
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -43,19 +44,27 @@ def test_only_available_providers_are_asked_for_fastest_first_cpu_last(
     assert names(choose_providers(available)) == expected
 
 
-def test_tensorrt_builds_fp16_engines_into_a_cache_that_outlives_the_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("precision", "fp16"), [("fp32", False), ("fp16", True)])
+def test_tensorrt_builds_engines_at_the_networks_precision_into_a_cache_that_outlives_the_process(
+    precision: Precision, fp16: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INSPECTOR_TRT_CACHE", str(tmp_path / "trt"))
-    (trt, *_) = choose_providers([TRT, CPU])
+    (trt, *_) = choose_providers([TRT, CPU], precision)
     assert trt == (
         TRT,
-        {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path / "trt")},
+        {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path / "trt")},
     )
     monkeypatch.delenv("INSPECTOR_TRT_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (trt, *_) = choose_providers([TRT, CPU])
+    (trt, *_) = choose_providers([TRT, CPU], precision)
     assert trt[1]["trt_engine_cache_path"] == str(tmp_path / "home" / ".cache" / "inspector" / "trt")
+
+
+def test_an_int8_network_is_not_given_to_tensorrt() -> None:
+    """Export's int8 has asymmetric uint8 activations, which TensorRT's Q/DQ import refuses."""
+    assert choose_providers([TRT, CUDA, CPU], "int8") == [CUDA, CPU]
+    assert choose_providers([TRT, CPU], "int8") == [CPU]
+    assert names(choose_providers([TRT, CUDA, CPU])) == [TRT, CUDA, CPU]  # a fitted model's network is fp32
 
 
 class FakeSession:
@@ -87,6 +96,37 @@ def test_runner_requests_the_gpu_providers_and_reports_the_one_that_ran(
     assert (tmp_path / "trt").is_dir()  # TensorRT wants its cache folder to exist
     assert runner.provider == CUDA
     assert [r.getMessage() for r in caplog.records] == [f"onnxruntime runs the network on {CUDA}"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "providers", "fp16"),
+    [
+        (None, [TRT, CUDA, CPU], False),
+        ("fp32", [TRT, CUDA, CPU], False),
+        ("fp16", [TRT, CUDA, CPU], True),
+        ("int8", [CUDA, CPU], None),
+    ],
+)
+def test_a_bundle_runs_on_tensorrt_at_its_export_precision(
+    precision: Precision | None,
+    providers: list[str],
+    fp16: bool | None,
+    patchcore_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifest, files = read_model_dir(patchcore_dir)
+    manifest = {k: v for k, v in manifest.items() if k not in ("files", "format_version")}
+    if precision is not None:  # None: a fitted model directory, which has no export section
+        manifest["export"] = {"precision": precision}
+    write_model_dir(tmp_path / "bundle", manifest, files)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setenv("INSPECTOR_TRT_CACHE", str(tmp_path / "trt"))
+    load_scorer(tmp_path / "bundle", threads=1)
+    assert names(FakeSession.requested) == providers
+    if fp16 is not None:
+        assert FakeSession.requested[0][1]["trt_fp16_enable"] is fp16
 
 
 def test_a_cpu_only_build_scores_on_cpu_and_says_so(

@@ -77,7 +77,9 @@ class Scorer:
         self.data_info: dict[str, Any] = manifest.get("data", {})
         self.blur_sigma = float(self.params.get("blur_sigma", 4.0))
         self.batch_size = max(1, int(self.params.get("batch_size") or 8))
-        self.runner: Runner = runner or OnnxRunner(files[NETWORK_FILE], threads)
+        # A bundle's network may be fp16 or int8 (`inspector export`); a fitted model's is fp32.
+        precision = manifest.get("export", {}).get("precision", "fp32")
+        self.runner: Runner = runner or OnnxRunner(files[NETWORK_FILE], threads, precision)
 
     # ---- what a method defines ------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inspector.common.system import cpu_threads
+from inspector.runtime.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,26 @@ def trt_cache_dir() -> Path:
     return Path(os.environ.get("INSPECTOR_TRT_CACHE") or Path.home() / ".cache" / "inspector" / "trt")
 
 
-def choose_providers(available: list[str] | None = None) -> list[str | tuple[str, dict[str, Any]]]:
+def choose_providers(
+    available: list[str] | None = None, precision: Precision = "fp32"
+) -> list[str | tuple[str, dict[str, Any]]]:
     """The preferred providers this onnxruntime build has, fastest first, each with its options if any.
 
-    Only available ones are named: onnxruntime warns about, or refuses, a provider it was built without."""
+    Only available ones are named: onnxruntime warns about, or refuses, a provider it was built without.
+    TensorRT builds at the precision the network was exported and checked at (`precision`, the bundle's): fp16
+    kernels only for an fp16 network, so an fp32 model scores as its parity gate measured it. An int8 network
+    is left to CUDA: TensorRT takes Q/DQ graphs only with symmetric int8 activations (zero point 0), and export
+    writes asymmetric uint8 ones."""
     available = ort.get_available_providers() if available is None else available
     chosen: list[str | tuple[str, dict[str, Any]]] = []
     for name in PREFERRED_PROVIDERS:
         if name not in available:
             continue
         if name == "TensorrtExecutionProvider":
+            if precision == "int8":
+                continue
             options = {
-                "trt_fp16_enable": True,
+                "trt_fp16_enable": precision == "fp16",
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(trt_cache_dir()),
             }
@@ -54,12 +63,13 @@ class OnnxRunner:
     """Runs an exported graph with onnxruntime on the fastest provider that starts (TensorRT, CUDA, then CPU).
 
     `threads` sets this session's own intra-op pool; unlike FAISS's or torch's it is not process-wide.
+    `precision` is the network's ("fp32", "fp16", "int8": a bundle's export precision) and picks TensorRT's.
     `provider` is the one onnxruntime actually runs on: a GPU provider whose libraries are missing falls back.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model: bytes | Path, threads: int | None = None) -> None:
+    def __init__(self, model: bytes | Path, threads: int | None = None, precision: Precision = "fp32") -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_threads(threads)
         options.inter_op_num_threads = 1
@@ -70,7 +80,7 @@ class OnnxRunner:
         options.enable_cpu_mem_arena = False
         # Idle ORT threads otherwise spin for a while after each run and starve the FAISS search that follows.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = choose_providers()
+        providers = choose_providers(precision=precision)
         if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers):
             trt_cache_dir().mkdir(parents=True, exist_ok=True)
         source = model if isinstance(model, bytes) else str(model)
