@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, store: Path, port: int) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, store: Path, port: int, extra: Sequence[str] = ()) -> subprocess.Popen:
+    """`inspector serve` on loopback with the model, store and flags of `args` (and `extra` flags), once ready."""
     cmd = [
         sys.executable,
         "-m",
@@ -136,6 +138,7 @@ def start_server(args: argparse.Namespace, store: Path, port: int) -> subprocess
     for flag in ("workers", "threads", "queue_size"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    cmd += extra
     log = open(store.parent / f"server-{port}.log", "ab")  # noqa: SIM115 (lives as long as the server)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "INSPECTOR_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"

@@ -140,8 +140,10 @@ def test_compose_service_starts_with_the_images_settings_and_real_flags() -> Non
     keys = {"INSPECTOR_CAMERA_KEY": "cam", "INSPECTOR_OPERATOR_KEY": "op"}
     image_env = target_env("inspector-line")
     env = {**image_env, **{k: interpolate(str(v), keys) for k, v in service["environment"].items()}}
-    assert set(service["environment"]) <= set(image_env) | set(keys)
+    links = {"INSPECTOR_LINKS_PLC", "INSPECTOR_LINKS_MQTT_URL"}  # off unless the integrator sets them
+    assert set(service["environment"]) <= set(image_env) | set(keys) | links
     settings = load_settings(env=env)
+    assert not settings.links.any
     assert settings.host == "0.0.0.0"
     assert settings.has_keys
     assert settings.store.dir == Path("/data/inspections")
@@ -153,6 +155,13 @@ def test_compose_service_starts_with_the_images_settings_and_real_flags() -> Non
     volumes = [interpolate(v, {}) for v in service["volumes"]]
     assert any(volume.endswith(":/data/inspections") for volume in volumes)
     assert any(volume.endswith(":/app/models") for volume in volumes)
+    plc = {**keys, "INSPECTOR_LINKS_PLC": "modbus://0.0.0.0:5020,opcua://0.0.0.0:4840"}
+    with_plc = load_settings(
+        env={**image_env, **{k: interpolate(str(v), plc) for k, v in service["environment"].items()}}
+    )
+    published = {interpolate(p, {}).rsplit(":", 1)[1] for p in service["ports"]}
+    assert {url.rsplit(":", 1)[1] for url in with_plc.links.plc} <= published  # the PLC servers' ports are published
+
     command = [interpolate(arg, {"INSPECTOR_MODEL": "bottle"}) for arg in service["command"]]
     args = build_parser().parse_args(command)
     assert args.handler is serve.run

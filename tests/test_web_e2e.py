@@ -25,6 +25,7 @@ import pytest
 
 from inspector.calibration import Calibration, save_calibration
 from inspector.data import Dataset, read_image
+from inspector.link.settings import LinkSettings, WebhookSettings
 from inspector.models.estimators import PatchCore
 from inspector.service.app import DEFAULT_WEB_DIR, create_app
 from inspector.service.config import ModelSpec, Settings, StoreSettings
@@ -276,6 +277,34 @@ def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp
             page.wait_for_function("document.querySelector('#detail-review').textContent.includes('good')")
             assert c.get(f"/v1/inspections/{record['id']}").json()["review"]["verdict"] == "good"
         assert page.locator("#key-dialog[open]").count() == 0
+
+
+def test_a_dead_line_link_shows_on_the_page_and_never_fails_an_inspection(
+    browser: Any, service: Service, tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on: the MES endpoint is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/results"
+    settings = Settings(
+        models=[ModelSpec(dir=service.model_dir)],
+        warmup_runs=0,
+        threads=1,
+        web_dir=WEB,
+        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
+        links=LinkSettings(webhook=WebhookSettings(urls=[dead], retries=0, timeout_s=0.5)),
+    )
+    with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#links .link[data-up=true]")  # nothing sent yet: not known to be down
+        with httpx.Client(base_url=url) as c:
+            files = {"image": ("p.png", service.parts["pass"].read_bytes(), "image/png")}
+            assert c.post("/v1/inspect", files=files).status_code == 200
+            page.wait_for_selector("#links .link[data-up=false]", timeout=15_000)
+            assert "Webhook down" in page.locator("#links").inner_text()
+            assert dead in (page.locator("#links .link").get_attribute("title") or "")
+            ready = c.get("/readyz").json()
+            assert ready["ready"] and f"link {dead} down" in ready["detail"]
 
 
 @pytest.mark.skipif(not os.environ.get("INSPECTOR_SCREENSHOTS"), reason="set INSPECTOR_SCREENSHOTS=<folder>")

@@ -34,6 +34,16 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--workers", type=int, help="inference worker threads (default 1)")
     p.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
     p.add_argument("--queue-size", type=int, help="requests that may wait for a worker before 503 (default 4)")
+    link = p.add_argument_group("line link (docs/plc.md)")
+    link.add_argument(
+        "--plc",
+        action="append",
+        metavar="URL",
+        help="open a PLC server: modbus://HOST:PORT or opcua://HOST:PORT (repeat for both)",
+    )
+    link.add_argument("--opcua-nodeset", type=Path, help="OPC 40100 Machine Vision NodeSet2 file to instantiate")
+    link.add_argument("--mqtt", metavar="URL", help="publish results: mqtt://[user@]host[:port]/prefix")
+    link.add_argument("--webhook", action="append", metavar="URL", help="POST each result as JSON (repeatable)")
 
 
 def _settings_help() -> str:
@@ -55,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "store.dir": args.store_dir,
         "models": [ModelSpec.parse(m) for m in args.model_dir] if args.model_dir else None,
+        "links.plc": args.plc,
+        "links.opcua.nodeset": args.opcua_nodeset,
+        "links.mqtt.url": args.mqtt,
+        "links.webhook.urls": args.webhook,
     }
     settings = load_settings(args.config, overrides=overrides)  # ServiceConfigError is an InspectorError
     if not settings.models:

@@ -1,9 +1,11 @@
 """The app factory (`create_app(settings)`) and `serve`, which `inspector serve` runs.
 
 Start-up order: the store opens (and deletes files a crash left without a record), FAISS's process-wide thread
-count is set (once, here: two models in one process must not change each other's threads), the HTTP server
+count is set (once, here: two models in one process must not change each other's threads), the line links (PLC
+servers, MQTT, webhooks) open, the HTTP server
 starts answering /healthz, models load and warm up in a thread, then /readyz turns ready. A maintenance task applies
-retention every `store.maintenance_interval_s`. Shutdown lets admitted inspections finish and commit.
+retention every `store.maintenance_interval_s`. Shutdown lets admitted inspections finish, commit and reach the
+links, then closes the links.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inspector import __version__
 from inspector.common.system import cpu_threads
 from inspector.components.knn import set_search_threads
+from inspector.link.factory import build_sinks
+from inspector.link.hub import LinkHub
 from inspector.service import server
 from inspector.service.broadcast import Broadcaster
 from inspector.service.config import LOOPBACK, Settings
 from inspector.service.errors import ServiceError
+from inspector.service.line import ServiceControls
 from inspector.service.metrics import ServiceMetrics
 from inspector.service.pipeline import Inspector
 from inspector.service.registry import ModelRegistry
-from inspector.service.routers import inspect, inspections, models, operator, system
+from inspector.service.routers import inspect, inspections, links, models, operator, system
 from inspector.service.store import InspectionStore
 
 log = logging.getLogger("inspector.service")
@@ -47,12 +52,17 @@ def create_app(settings: Settings) -> FastAPI:
         set_search_threads(threads)
         registry = ModelRegistry(settings.models, threads, settings.warmup_runs)
         inspector = app.state.inspector = Inspector(settings, registry, store, metrics)
+        controls = ServiceControls(inspector)
+        links = app.state.links = LinkHub(build_sinks(settings.links), controls)
+        await asyncio.to_thread(links.start)  # a PLC port in use stops the start, not the first inspection
         background = asyncio.create_task(_start_and_maintain(inspector))
         try:
             yield
         finally:
             background.cancel()
+            controls.stopping = True  # the PLC sees Halted while admitted inspections finish
             await asyncio.to_thread(inspector.queue.shutdown)
+            await asyncio.to_thread(links.stop)
             store.close()
 
     app = FastAPI(
@@ -64,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.events = Broadcaster()
-    for module in (inspect, inspections, models, system, operator):
+    for module in (inspect, inspections, models, links, system, operator):
         app.include_router(module.router)
     app.add_exception_handler(ServiceError, _service_error(metrics))
     app.add_exception_handler(Exception, _internal_error(metrics))

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from inspector.common.errors import InspectorError
+from inspector.link.settings import LinkSettings
 
 ENV_PREFIX = "INSPECTOR_"
 CONFIG_ENV = "INSPECTOR_SERVICE_CONFIG"
@@ -117,6 +118,7 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     access_log: bool = Field(default=False, description="log every HTTP request (uvicorn access log)")
     store: StoreSettings = Field(default_factory=StoreSettings)
+    links: LinkSettings = Field(default_factory=LinkSettings)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from inspector.link.sink import SinkHealth
+
 # Seconds; dense around a line's takt time (tens to hundreds of milliseconds).
 BUCKETS = (
     0.001,
@@ -60,9 +62,30 @@ class ServiceMetrics:
         self.store_records = Gauge("inspector_store_records", "Inspection records in the store", registry=r)
         self.store_bytes = Gauge("inspector_store_bytes", "Bytes of stored images and maps", registry=r)
         self.retention_deleted = Counter("inspector_retention_deleted", "Records deleted by retention", registry=r)
+        self.link_up = Gauge(
+            "inspector_link_up", "Line link listening or connected (1) or down (0)", ["link", "kind"], registry=r
+        )
+        self.link_published = Gauge(
+            "inspector_link_published", "Results handed to the line link since start", ["link", "kind"], registry=r
+        )
+        self.link_failed = Gauge(
+            "inspector_link_failed", "Results the line link could not deliver since start", ["link", "kind"], registry=r
+        )
+        self.link_clients = Gauge(
+            "inspector_link_clients", "Clients connected to a PLC server link", ["link", "kind"], registry=r
+        )
         self.model_info = Gauge(
             "inspector_model_info", "Loaded models (value 1)", ["model", "version", "calibration"], registry=r
         )
+
+    def set_links(self, links: list[SinkHealth]) -> None:
+        """The line links' state as read at scrape time (their counters live in the sinks)."""
+        for h in links:
+            self.link_up.labels(h.name, h.kind).set(1 if h.up else 0)
+            self.link_published.labels(h.name, h.kind).set(h.published)
+            self.link_failed.labels(h.name, h.kind).set(h.failed)
+            if h.clients is not None:
+                self.link_clients.labels(h.name, h.kind).set(h.clients)
 
     def observe_inspection(self, model: str, verdict: str | None, timings_ms: dict[str, float]) -> None:
         self.inspections.labels(model, verdict or "none").inc()

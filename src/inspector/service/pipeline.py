@@ -109,6 +109,7 @@ class Inspector:
             preprocessing=entry.scorer.preprocessing,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             part_id=meta.get("part_id"),
+            meas_id=meta.get("meas_id"),
             line=meta.get("line"),
             camera=meta.get("camera"),
             image_file=files.image_file,

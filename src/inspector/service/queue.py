@@ -40,6 +40,11 @@ class WorkQueue:
         self._running = 0
 
     @property
+    def in_flight(self) -> int:
+        """Admitted requests not yet answered."""
+        return self._admitted
+
+    @property
     def full(self) -> bool:
         return self._admitted >= self.capacity
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from inspector.calibration import Calibration, CalibrationError, activate_calibration, load_active_calibration
+from inspector.calibration import (
+    Calibration,
+    CalibrationError,
+    activate_calibration,
+    load_active_calibration,
+    save_calibration,
+)
 from inspector.calibration.store import CalibrationNotFound, is_stale, list_calibrations, model_fingerprint
 from inspector.models.scoring import Scorer, load_scorer
 from inspector.service.analysis import warm_up
@@ -120,6 +126,22 @@ class ModelRegistry:
         cal, error = read_calibration(entry.dir)
         entry = replace(self.entries[name], calibration=cal, calibration_error=error)
         self.entries[name] = entry
+        return entry
+
+    def set_review_band(self, name: str, band: tuple[float, float] | None) -> LoadedModel:
+        """A copy of the active calibration with another review band (normalised units), archived and activated,
+        so it survives a restart and stays in the model's calibration history; the next inspection uses it."""
+        entry = self.get(name)
+        if entry.calibration is None:
+            raise Conflict(f"model '{name}' has no active calibration whose review band could change")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        changed = replace(
+            entry.calibration, review_band=band, name=f"{entry.calibration.rule}-band-{stamp}", created=""
+        )
+        save_calibration(entry.dir, changed)
+        entry = replace(self.entries[name], calibration=changed, calibration_error=None)
+        self.entries[name] = entry
+        log.info("model %s: review band set to %s (calibration %s)", name, band, changed.name)
         return entry
 
     def _load(self, name: str) -> LoadedModel:

@@ -69,6 +69,7 @@ class Inspection(BaseModel):
     width: int = Field(description="original image width")
     height: int = Field(description="original image height")
     part_id: str | None = None
+    meas_id: str | None = Field(default=None, description="measurement id (from the camera or the PLC)")
     line: str | None = None
     camera: str | None = None
     image_url: str
@@ -106,6 +107,7 @@ class Inspection(BaseModel):
             width=record.width,
             height=record.height,
             part_id=record.part_id,
+            meas_id=record.meas_id,
             line=record.line,
             camera=record.camera,
             image_url=f"{base}/image",
@@ -165,10 +167,26 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class LinkHealth(BaseModel):
+    """One line link (PLC server, MQTT broker, webhook): a link that is down never fails an inspection."""
+
+    name: str = Field(description="the configured URL, credentials removed")
+    kind: Literal["modbus", "opcua", "mqtt", "webhook"]
+    up: bool = Field(description="listening (servers) or connected and delivering (clients)")
+    detail: str
+    published: int = Field(description="results handed to the link since start")
+    failed: int = Field(description="results the link could not deliver (dropped or refused)")
+    clients: int | None = Field(default=None, description="servers: connected clients")
+
+
 class Readiness(BaseModel):
     ready: bool
     models: dict[str, bool] = Field(description="model name -> loaded and warmed up")
     disk_ok: bool = Field(description="free disk above store.min_free_disk_mb")
+    links: list[LinkHealth] = Field(
+        default_factory=list,
+        description="line links; one that is down is reported here but never makes the service unready",
+    )
     detail: str = ""
 
 

@@ -117,6 +117,7 @@ class InspectionRecord:
     preprocessing: Preprocessing
     timings_ms: dict[str, float] = field(default_factory=dict)
     part_id: str | None = None
+    meas_id: str | None = None
     line: str | None = None
     camera: str | None = None
     image_file: str
@@ -128,7 +129,8 @@ class InspectionRecord:
     reviewed_at: float | None = None
 
     def data_json(self) -> str:
-        """The `data` column: every field that is not a column, in the key order earlier versions wrote."""
+        """The `data` column: every field that is not a column, in the key order earlier versions wrote (then
+        the measurement id a PLC or camera gave, when there is one)."""
         return json.dumps(
             {
                 "model_version": self.model_version,
@@ -144,6 +146,8 @@ class InspectionRecord:
                 "media_type": self.media_type,
                 "preprocessing": self.preprocessing.to_dict(),
                 "timings_ms": self.timings_ms,
+                # Written only when there is one, so a record without it stores the bytes earlier versions did.
+                **({"meas_id": self.meas_id} if self.meas_id is not None else {}),
             }
         )
 
@@ -169,6 +173,7 @@ class InspectionRecord:
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             timings_ms=data["timings_ms"],
             part_id=row["part_id"],
+            meas_id=data.get("meas_id"),  # absent in stores written before the PLC link
             line=row["line"],
             camera=row["camera"],
             image_file=row["image_file"],

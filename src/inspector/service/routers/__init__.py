@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from inspector.link.hub import LinkHub
 from inspector.service.pipeline import Inspector
 
 
@@ -13,4 +14,9 @@ def get_inspector(request: Request) -> Inspector:
     return request.app.state.inspector
 
 
+def get_links(request: Request) -> LinkHub:
+    return request.app.state.links
+
+
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
+LinksDep = Annotated[LinkHub, Depends(get_links)]

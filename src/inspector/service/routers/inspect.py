@@ -12,13 +12,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from inspector.service import auth
 from inspector.service.errors import ServiceError, TooLarge
-from inspector.service.routers import InspectorDep
+from inspector.service.line import line_result
+from inspector.service.routers import InspectorDep, LinksDep
 from inspector.service.schemas import ErrorBody, Inspection
 
 router = APIRouter(prefix="/v1", tags=["inspect"])
 
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the small text fields around the file
-META_FIELDS = ("part_id", "line", "camera")
+META_FIELDS = ("part_id", "meas_id", "line", "camera")
 _BINARY = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string", "maxLength": 128}
 IMAGE_BODY = {
@@ -64,19 +65,27 @@ Text = Annotated[str | None, Query(max_length=128)]
 async def inspect(
     request: Request,
     inspector: InspectorDep,
+    links: LinksDep,
     model: Text = None,
     part_id: Text = None,
+    meas_id: Text = None,
     line: Text = None,
     camera: Text = None,
 ) -> Inspection:
-    """Inspect one part. Answered only after the record is committed, so every 200 is in the store."""
+    """Inspect one part. Answered only after the record is committed, so every 200 is in the store, and after
+    the result was handed to the line links (PLC, MQTT, webhooks). Without `model`, the recipe the PLC selected
+    is used; without `part_id`/`meas_id`, the ids the PLC wrote for the next part."""
     arrived = time.perf_counter()
-    inspector.admissible(model)  # refuse before reading the body when the answer is already known
+    inspector.admissible(model or links.selected_model)  # refuse before reading the body when the answer is known
     data, fields = await read_image(request, inspector.settings.max_image_bytes)
-    model = model or fields.get("model")
-    meta = {"part_id": part_id, "line": line, "camera": camera}
+    plc_part_id, plc_meas_id = links.take_next_ids()  # meant for this part, whatever the camera sends
+    model = model or fields.get("model") or links.selected_model
+    meta = {"part_id": part_id, "meas_id": meas_id, "line": line, "camera": camera}
     meta = {k: v or fields.get(k) for k, v in meta.items()}
+    meta["part_id"] = meta["part_id"] or plc_part_id
+    meta["meas_id"] = meta["meas_id"] or plc_meas_id
     record = await inspector.inspect(data, model, meta, arrived)
+    links.publish(line_result(record, links))  # hands over only: a dead PLC or broker never delays this answer
     inspection = Inspection.from_record(record)
     request.app.state.events.publish("inspection", inspection)  # the operator page's live view
     return inspection

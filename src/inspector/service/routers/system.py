@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from inspector.service.metrics import CONTENT_TYPE
-from inspector.service.routers import InspectorDep
+from inspector.service.routers import InspectorDep, LinksDep
+from inspector.service.routers.links import link_health
 from inspector.service.schemas import Health, Readiness
 
 router = APIRouter(tags=["system"])
@@ -19,8 +20,9 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-def readyz(inspector: InspectorDep) -> JSONResponse:
-    """Ready only when every model is loaded and warmed up and the store's disk is above its floor."""
+def readyz(inspector: InspectorDep, links: LinksDep) -> JSONResponse:
+    """Ready only when every model is loaded and warmed up and the store's disk is above its floor. Line links
+    are listed with their health; one that is down is named in `detail` but leaves the service ready."""
     registry = inspector.registry
     models = {name: name in registry.entries for name in registry.specs}
     disk_ok = inspector.store.disk_ok()
@@ -29,12 +31,16 @@ def readyz(inspector: InspectorDep) -> JSONResponse:
         detail = registry.error or "loading and warming up models"
     else:
         detail = "" if disk_ok else "store disk below store.min_free_disk_mb"
-    body = Readiness(ready=ready, models=models, disk_ok=disk_ok, detail=detail)
+    health = link_health(links)
+    down = [f"link {h.name} down: {h.detail}" for h in health if not h.up]
+    detail = "; ".join(filter(None, [detail, *down]))
+    body = Readiness(ready=ready, models=models, disk_ok=disk_ok, links=health, detail=detail)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(inspector: InspectorDep) -> Response:
+def metrics(inspector: InspectorDep, links: LinksDep) -> Response:
     """Prometheus text exposition."""
     inspector.publish_store_stats()
+    inspector.metrics.set_links(links.health())
     return Response(inspector.metrics.exposition(), media_type=CONTENT_TYPE)

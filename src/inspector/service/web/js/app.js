@@ -4,6 +4,7 @@
 import { Cancelled, getJSON, listen, onKeyNeeded, probeAuth } from "./api.js";
 import { createDetail } from "./detail.js";
 import { createHistory } from "./history.js";
+import { createLinks } from "./links.js";
 import { createLive, renderCounters, setBands } from "./live.js";
 import { createReview } from "./review.js";
 import { createThreshold } from "./threshold.js";
@@ -204,6 +205,7 @@ async function boot() {
     if (e instanceof Cancelled) onConnection("locked");
     throw e;
   }
+  createLinks($("links"));
   window.addEventListener("hashchange", show);
   await show();
   listen(onEvent, onConnection);

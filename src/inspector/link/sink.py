@@ -1,0 +1,93 @@
+"""What every sink is: started with the hub, handed results without waiting, asked for its health, stopped.
+
+`LoopThread` is the event loop the asyncio-based servers (Modbus, OPC UA) run on: one thread of their own, so
+a busy PLC client never competes with the HTTP event loop that answers the camera.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from inspector.common.errors import InspectorError
+from inspector.link.result import LineResult
+
+if TYPE_CHECKING:
+    from inspector.link.hub import LinkHub
+
+T = TypeVar("T")
+
+
+class LinkError(InspectorError, ValueError):
+    """A link that cannot be set up as configured (bad URL, port in use, missing certificate)."""
+
+
+class UnknownRecipe(LinkError):
+    """A PLC asked for a recipe (model) that is not served."""
+
+
+@dataclass(frozen=True)
+class SinkHealth:
+    """How one sink is doing, for /readyz, /v1/links, /metrics and the operator page."""
+
+    name: str  # the URL it was configured with, credentials removed
+    kind: str  # modbus, opcua, mqtt, webhook
+    up: bool  # listening (servers) or connected / delivering (clients)
+    detail: str  # one line a person reads: "2 clients", "broker unreachable: ..."
+    published: int  # results handed over since start
+    failed: int  # results that could not be delivered (dropped, refused)
+    clients: int | None = None  # servers: connected clients
+
+
+class Sink(ABC):
+    """One destination of line results. `publish` and `status` must return at once (they are called on the
+    inspection path); everything slow happens on the sink's own thread."""
+
+    kind: str
+    name: str
+
+    @abstractmethod
+    def start(self, hub: LinkHub) -> None:
+        """Open the server or connection; raise `LinkError` when it cannot be opened as configured."""
+
+    @abstractmethod
+    def publish(self, result: LineResult) -> None:
+        """Hand a result over; never blocks, never raises for a dead peer."""
+
+    @abstractmethod
+    def health(self) -> SinkHealth: ...
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Close within a few seconds."""
+
+
+class LoopThread:
+    """An asyncio event loop on a daemon thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the loop soon; returns at once."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run a coroutine on the loop and wait for its result (start-up and shutdown only)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -1,0 +1,76 @@
+"""The service as the line link sees it: committed records as `LineResult`s, and the `LineControls` a PLC uses.
+
+The link package knows nothing of the service; this module is the one place that translates between them.
+"""
+
+from __future__ import annotations
+
+from inspector.link.hub import LinkHub
+from inspector.link.result import LineResult, LineStatus, MachineState, largest_first
+from inspector.service.auth import Role, role_of
+from inspector.service.pipeline import Inspector
+from inspector.service.store import InspectionRecord
+
+INFERENCE_STAGES = ("decode", "preprocess", "features", "search", "postprocess")
+
+
+def line_result(record: InspectionRecord, hub: LinkHub) -> LineResult:
+    """A committed record as the line sees it (the hub numbers it when it publishes)."""
+    timings = record.timings_ms
+    return LineResult(
+        sequence=0,
+        inspection_id=record.id,
+        created=record.created,
+        model=record.model,
+        recipe=hub.recipe_number(record.model),
+        model_version=record.model_version,
+        verdict=record.verdict,
+        score=record.score,
+        normalized_score=record.normalized_score,
+        threshold=record.threshold,
+        regions=largest_first(record.regions),
+        width=record.width,
+        height=record.height,
+        part_id=record.part_id,
+        meas_id=record.meas_id,
+        line=record.line,
+        camera=record.camera,
+        inference_ms=round(sum(timings.get(stage, 0.0) for stage in INFERENCE_STAGES), 3),
+        total_ms=timings.get("total", 0.0),
+        timings_ms=dict(timings),
+    )
+
+
+class ServiceControls:
+    """`LineControls` over the running service: its state for the PLC, and the review band a PLC may change."""
+
+    def __init__(self, inspector: Inspector) -> None:
+        self.inspector = inspector
+        self.stopping = False
+
+    def line_status(self) -> LineStatus:
+        registry, store = self.inspector.registry, self.inspector.store
+        error = registry.error or (None if store.disk_ok() else "store disk below store.min_free_disk_mb")
+        state: MachineState
+        if self.stopping:
+            state = "Halted"
+        elif error:
+            state = "Error"
+        else:
+            state = "Operational" if registry.ready else "Preoperational"
+        return LineStatus(
+            state=state,
+            models_loaded=registry.ready,
+            busy=self.inspector.queue.in_flight > 0,
+            error=error,
+            recipes=tuple(registry.specs),
+            selected_recipe=0,
+        )
+
+    def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
+        self.inspector.registry.set_review_band(model, band)
+        self.inspector.publish_models()
+
+    def is_operator(self, key: str | None) -> bool:
+        settings = self.inspector.settings
+        return not settings.has_keys or role_of(settings, key) is Role.operator
