@@ -18,12 +18,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from inspector.cli import calibrate, data, dataset, demo, evaluate, export, fit, predict, serve
+from inspector.cli import calibrate, data, dataset, demo, evaluate, export, fit, plc, predict, serve
 from inspector.cli.arguments import EXIT_USER_ERROR, CommandParser, Handler, UsageError
 from inspector.common.errors import InspectorError
 
 DESCRIPTION = "The `inspector` command line: fit, evaluate, calibrate, export, predict, demo and data download."
-COMMANDS = (fit, evaluate, calibrate, export, predict, demo, data, serve, dataset)  # in the order --help lists them
+COMMANDS = (fit, evaluate, calibrate, export, predict, demo, data, serve, plc, dataset)  # in the order of --help
 
 __all__ = ["EXIT_USER_ERROR", "UsageError", "build_parser", "main"]
 
