@@ -361,9 +361,12 @@ def phase_rate(args: argparse.Namespace, work: Path, images: list[bytes], mqtt_p
                     cpu = cpu_seconds(server.pid) - cpu
                     row = {"links": "none", **latency_ms(sent)}
                 row["service_cpu_ms_per_part"] = round(cpu * 1e3 / args.count, 1)
+                row["latencies_ms"] = [
+                    round((p.answered - p.sent) * 1e3, 2) for p in sent if p.status == 200 and p.answered
+                ]
             row["round"] = round_ + 1
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "latencies_ms"}), flush=True)
     return rows
 
 
@@ -453,6 +456,21 @@ def phase_faults(args: argparse.Namespace, work: Path, images: list[bytes]) -> d
     }
 
 
+def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Inspection latency over every round of each setting: a p99 of 200 parts moves with any other load on the
+    machine, so the comparison that counts pools the rounds (which alternate, so both see the same drift)."""
+    out = {}
+    for links in ("none", "all"):
+        ms = [v for r in rows if r["links"] == links for v in r["latencies_ms"]]
+        out[links] = {
+            "parts": len(ms),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        }
+    out["p99_all_over_none"] = {"ratio": round(out["all"]["p99_ms"] / out["none"]["p99_ms"], 3)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -483,6 +501,7 @@ def main() -> None:
     result["faults"] = phase_faults(args, work, images)
     print(json.dumps(result["faults"]), flush=True)
     result["load_after"] = load_average()
+    result["pooled"] = pooled(result["rate"])
     write_json(args.out, result)
     rows = [
         [
@@ -520,6 +539,7 @@ def main() -> None:
             rows,
         )
     )
+    print(json.dumps(result["pooled"]))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,16 @@ def dataset(synthetic_root: Path) -> Dataset:
 
 
 @pytest.fixture(scope="session")
+def images(dataset: Dataset) -> dict[str, Path]:
+    """A good test part and one with a hole, as files."""
+    samples = dataset.test()
+    return {
+        "good": next(s.path for s in samples if not s.is_defect),
+        "defect": next(s.path for s in samples if s.defect_type == "hole"),
+    }
+
+
+@pytest.fixture(scope="session")
 def fitted_patchcore(dataset: Dataset) -> PatchCore:
     model = PatchCore(image_size=SIZE, coreset_ratio=0.1, threads=2).fit(dataset.train(), progress=False)
     assert isinstance(model, PatchCore)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from inspector.cli.arguments import FIT_EXTRA
 from inspector.data import Dataset
+from tests.helpers import free_port
 
 CAMERA, OPERATOR = "line-camera-key", "line-operator-key"
 
@@ -39,12 +39,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     the line box's path."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     return {**env, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_line_box_has_no_training_stack(linebox: Path) -> None:

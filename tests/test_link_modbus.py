@@ -26,16 +26,11 @@ from inspector.link.result import VERDICT_CODES, LineResult, LineStatus
 from inspector.link.settings import LinkSettings, ModbusSettings
 from inspector.link.sink import LinkError
 from inspector.service.config import ModelSpec, Settings, StoreSettings
+from tests.helpers import free_port
 from tests.test_service import running
 
 BUFFER = 3
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plc.md"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

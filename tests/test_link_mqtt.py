@@ -11,7 +11,6 @@ import getpass
 import ipaddress
 import json
 import queue
-import re
 import shutil
 import signal
 import socket
@@ -40,15 +39,10 @@ from inspector.link.mqtt import OFFLINE, MqttSink, topic_level
 from inspector.link.result import LineStatus
 from inspector.link.settings import LinkSettings, MqttSettings
 from inspector.link.sink import LinkError
+from tests.helpers import free_port, link_health, link_metric
 from tests.test_service import running, settings_for
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Broker:
@@ -171,17 +165,6 @@ def wait_for(condition: Any, timeout: float = 10, what: str = "") -> Any:
     return value
 
 
-def mqtt_link(client: TestClient) -> dict[str, Any]:
-    (link,) = [h for h in client.get("/readyz").json()["links"] if h["kind"] == "mqtt"]
-    return dict(link)
-
-
-def metric(client: TestClient, name: str) -> float:
-    match = re.search(rf'^{name}\{{kind="mqtt",link="[^"]*"\}} (\S+)$', client.get("/metrics").text, re.M)
-    assert match, name
-    return float(match.group(1))
-
-
 # ---- results and status -----------------------------------------------------------------------------------------
 
 
@@ -227,7 +210,7 @@ def test_each_inspection_is_one_qos1_message_with_its_values(
             results = [m for m in list(sub.messages.queue) if m.topic.endswith("/result")]
             assert results == []
 
-            link = mqtt_link(client)
+            link = link_health(client, "mqtt")
             assert link["up"] and link["detail"].startswith("connected")
             assert (link["published"], link["failed"], link["name"]) == (2, 0, f"mqtt://127.0.0.1:{broker.port}/plant1")
         stopped = sub.next("plant1/L3/status", where=lambda s: s["status"] == "offline")
@@ -295,16 +278,16 @@ def test_broker_outage_fails_no_inspection_and_the_queue_is_delivered_after_reco
     mqtt_settings = MqttSettings(url=broker.url(), client_id="inspector-outage", queue=3, reconnect_max_s=2)
     try:
         with running(settings_for(service_model_dir, tmp_path / "store", links=LinkSettings(mqtt=mqtt_settings))) as c:
-            wait_for(lambda: mqtt_link(c)["up"], what="link up")
+            wait_for(lambda: link_health(c, "mqtt")["up"], what="link up")
             inspect(c, defect, part_id="before")
             assert json.loads(sub.next("plant1/line/camera/result").payload)["part_id"] == "before"
 
             broker.kill()
-            wait_for(lambda: not mqtt_link(c)["up"], what="link down")
+            wait_for(lambda: not link_health(c, "mqtt")["up"], what="link down")
             ready = c.get("/readyz")
             assert ready.status_code == 200, ready.text  # the service still inspects: ready, the link named down
             assert f"link {broker.url()} down: " in ready.json()["detail"]
-            assert metric(c, "inspector_link_up") == 0
+            assert link_metric(c, "inspector_link_up", "mqtt") == 0
 
             took = []
             for i in range(5):
@@ -312,20 +295,20 @@ def test_broker_outage_fails_no_inspection_and_the_queue_is_delivered_after_reco
                 inspect(c, defect, part_id=f"during-{i}")
                 took.append(time.perf_counter() - started)
             assert max(took) < 3, took  # answered at inference speed; nothing waits for the broker
-            link = mqtt_link(c)
+            link = link_health(c, "mqtt")
             assert (link["published"], link["failed"]) == (6, 2)  # queue of 3: the two oldest dropped, counted
             assert "3 queued" in link["detail"]
-            assert metric(c, "inspector_link_failed") == 2
+            assert link_metric(c, "inspector_link_failed", "mqtt") == 2
             time.sleep(2.5)  # a few reconnect attempts against the dead port: the detail says so
-            assert "retrying" in mqtt_link(c)["detail"]
+            assert "retrying" in link_health(c, "mqtt")["detail"]
 
             broker.start()  # same port; reconnects within reconnect_max_s
             got = [json.loads(sub.next("plant1/line/camera/result", timeout=15).payload) for _ in range(3)]
             assert [g["part_id"] for g in got] == ["during-2", "during-3", "during-4"]
             assert [g["sequence"] for g in got] == [4, 5, 6]
-            wait_for(lambda: mqtt_link(c)["up"], what="link up again")
+            wait_for(lambda: link_health(c, "mqtt")["up"], what="link up again")
             assert "down" not in c.get("/readyz").json()["detail"]
-            assert metric(c, "inspector_link_up") == 1
+            assert link_metric(c, "inspector_link_up", "mqtt") == 1
     finally:
         sub.close()
         if broker.process and broker.process.poll() is None:

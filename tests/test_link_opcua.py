@@ -25,25 +25,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi.testclient import TestClient
 
-from inspector.data import Dataset
 from inspector.link.hub import LinkHub
 from inspector.link.opcua import OpcUaSink
 from inspector.link.opcua_model import INSPECTOR_NS, MV_NS, node_id
 from inspector.link.result import LineResult, LineStatus, MachineState
 from inspector.link.settings import LinkSettings, OpcUaSettings
 from inspector.link.sink import LinkError
+from tests.helpers import free_port
 from tests.test_service import running, settings_for
 
 NODESET = Path(__file__).resolve().parents[2] / "shared" / "opcua" / "Opc.Ua.MachineVision.NodeSet2.xml"
 OPERATOR_KEY = "operator-key-7"
 CAMERA_KEY = "camera-key-3"
 WAIT_S = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def url(port: int, user: str | None = None, password: str | None = None) -> str:
@@ -158,15 +152,6 @@ def service_nodeset(service_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     if not NODESET.is_file():
         pytest.skip(f"the OPC 40100 NodeSet2 is not at {NODESET}")
     yield from serve(service_model_dir, tmp_path_factory.mktemp("opcua-nodeset"), NODESET)
-
-
-@pytest.fixture(scope="module")
-def images(dataset: Dataset) -> dict[str, Path]:
-    samples = dataset.test()
-    return {
-        "good": next(s.path for s in samples if not s.is_defect),
-        "defect": next(s.path for s in samples if s.defect_type == "hole"),
-    }
 
 
 @pytest.mark.parametrize("shape", ["service", "service_nodeset"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from inspector.link.result import LineResult, LineStatus
 from inspector.link.settings import LinkSettings, WebhookSettings
 from inspector.link.sink import LinkError
 from inspector.link.webhook import STOP_DRAIN_S, WebhookSink
+from tests.helpers import link_health, link_metric
 from tests.test_service import running, settings_for
 
 
@@ -145,17 +145,6 @@ def inspect(client: TestClient, image: bytes, **params: str) -> tuple[dict[str, 
     return dict(r.json()), took
 
 
-def webhook_link(client: TestClient) -> dict[str, Any]:
-    (link,) = [h for h in client.get("/readyz").json()["links"] if h["kind"] == "webhook"]
-    return dict(link)
-
-
-def metric(client: TestClient, name: str) -> float:
-    match = re.search(rf'^{name}\{{kind="webhook",link="[^"]*"\}} (\S+)$', client.get("/metrics").text, re.M)
-    assert match, name
-    return float(match.group(1))
-
-
 # ---- through the service ----------------------------------------------------------------------------------------
 
 
@@ -176,10 +165,12 @@ def test_the_endpoint_gets_the_inspection_json(
         assert headers["Content-Type"] == "application/json"
         assert headers["Authorization"] == "Basic " + base64.b64encode(b"mes:p@ss").decode()
 
-        link = wait_for(lambda: (h := webhook_link(client))["detail"].endswith("delivered") and h, what="delivered")
+        link = wait_for(
+            lambda: (h := link_health(client, "webhook"))["detail"].endswith("delivered") and h, what="delivered"
+        )
         assert (link["up"], link["published"], link["failed"]) == (True, 1, 0)
         assert link["name"] == endpoint.url()  # the credentials stay out of /readyz, /metrics and the log
-        assert metric(client, "inspector_link_up") == 1
+        assert link_metric(client, "inspector_link_up", "webhook") == 1
 
 
 def test_a_failing_endpoint_is_retried_counted_and_reported_but_never_delays_the_inspection(
@@ -190,13 +181,18 @@ def test_a_failing_endpoint_is_retried_counted_and_reported_but_never_delays_the
     with running(settings_for(service_model_dir, tmp_path, links=LinkSettings(webhook=hook))) as client:
 
         def failed(count: int, reason: str) -> None:
-            link = wait_for(lambda: (h := webhook_link(client))["failed"] == count and h, what=f"{count} failed")
+            link = wait_for(
+                lambda: (h := link_health(client, "webhook"))["failed"] == count and h, what=f"{count} failed"
+            )
             assert not link["up"]
             assert reason in link["detail"] and f"after {retries + 1} attempts" in link["detail"], link["detail"]
             ready = client.get("/readyz")
             assert ready.status_code == 200  # still inspecting: ready, the link named down
             assert f"link {endpoint.url()} down: " in ready.json()["detail"]
-            assert (metric(client, "inspector_link_up"), metric(client, "inspector_link_failed")) == (0, count)
+            assert (
+                link_metric(client, "inspector_link_up", "webhook"),
+                link_metric(client, "inspector_link_failed", "webhook"),
+            ) == (0, count)
 
         endpoint.mode = "500"
         inspect(client, defect)
@@ -221,9 +217,9 @@ def test_a_failing_endpoint_is_retried_counted_and_reported_but_never_delays_the
             _, took = inspect(client, defect)  # and the next part, with the webhook still stuck, just as fast
             assert took < timeout_s, took
             failed(3, "timed out")
-            wait_for(lambda: webhook_link(client)["failed"] == 4, what="the second slow result given up")
+            wait_for(lambda: link_health(client, "webhook")["failed"] == 4, what="the second slow result given up")
             assert [sequence for _, sequence in slow.attempts] == [3] * (retries + 1) + [4] * (retries + 1)
-            assert webhook_link(client)["published"] == 4
+            assert link_health(client, "webhook")["published"] == 4
         finally:
             slow.close()
 

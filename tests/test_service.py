@@ -54,15 +54,6 @@ def client(service_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         yield c
 
 
-@pytest.fixture(scope="module")
-def images(dataset: Dataset) -> dict[str, Path]:
-    samples = dataset.test()
-    return {
-        "good": next(s.path for s in samples if not s.is_defect),
-        "defect": next(s.path for s in samples if s.defect_type == "hole"),
-    }
-
-
 def png(array: np.ndarray) -> bytes:
     return cv2.imencode(".png", array)[1].tobytes()
 

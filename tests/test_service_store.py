@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from inspector.service.app import bind_host
 from inspector.service.config import ServiceConfigError, Settings, StoreSettings, load_settings
 from inspector.service.schemas import Inspection
 from inspector.service.store import DB_FILE, InspectionRecord, InspectionStore, StoreReader, new_id
+from tests.helpers import free_port
 
 DAY = 86400.0
 TIMINGS = {
@@ -298,12 +298,6 @@ def test_example_config_is_valid() -> None:
 
 
 # ---- kill -9 --------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_kill_9_during_writes_loses_no_acknowledged_inspection(

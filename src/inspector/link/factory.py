@@ -3,24 +3,16 @@ service without PLC links never loads pymodbus, asyncua or paho."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from inspector.link.settings import LinkSettings
-from inspector.link.sink import LinkError, Sink
+from inspector.link.sink import Sink, endpoint
 
-DEFAULT_PORTS = {"modbus": 502, "opcua": 4840, "opc.tcp": 4840}
+PLC_PORTS = {"modbus": 502, "opcua": 4840, "opc.tcp": 4840}  # the protocols' standard ports
 
 
 def host_port(url: str) -> tuple[str, int]:
     """HOST and PORT of modbus://HOST:PORT or opcua://HOST:PORT (the scheme's standard port when omitted)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError as exc:
-        raise LinkError(f"{url!r}: {exc}") from exc
-    if not parts.hostname:
-        raise LinkError(f"{url!r} names no host; e.g. {parts.scheme}://0.0.0.0:{port}")
-    return parts.hostname, port
+    _, host, port = endpoint(url, PLC_PORTS)
+    return host, port
 
 
 def build_sinks(settings: LinkSettings) -> list[Sink]:

@@ -199,7 +199,6 @@ class ModbusSink(Sink):
                 "models_loaded": status.models_loaded,
                 "busy": status.busy,
                 "error": status.state == "Error",
-                "drift_alarm": status.drift_alarm,
             }
             bits |= sum(reg.STATUS_BIT[name] for name, on in flags.items() if on)
         valid = shown is not None and (bool(self._buffer) or not self.settings.handshake)

@@ -20,14 +20,14 @@ import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlunsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from inspector.link.result import LineResult, LineStatus
 from inspector.link.settings import MqttSettings
-from inspector.link.sink import LinkError, Sink, SinkHealth
+from inspector.link.sink import LinkError, Sink, SinkHealth, endpoint
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -63,7 +63,6 @@ def status_payload(status: LineStatus) -> bytes:
             "error": status.error,
             "recipes": list(status.recipes),
             "selected_recipe": status.selected_recipe,
-            "drift_alarm": status.drift_alarm,
         }
     ).encode()
 
@@ -74,22 +73,14 @@ class MqttSink(Sink):
     def __init__(self, settings: MqttSettings) -> None:
         if not settings.url:
             raise LinkError("MQTT needs a broker URL: mqtt://[user@]host[:port]/prefix")
-        parts = urlsplit(settings.url)
-        if parts.scheme not in DEFAULT_PORTS:
-            raise LinkError(f"{settings.url!r}: an MQTT broker is mqtt://[user@]host[:port]/prefix (or mqtts://)")
-        try:
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
-        except ValueError as exc:
-            raise LinkError(f"{settings.url!r}: {exc}") from exc
-        if not parts.hostname:
-            raise LinkError(f"{settings.url!r} names no broker host; e.g. mqtt://broker:1883/plant1")
+        parts, host, port = endpoint(settings.url, DEFAULT_PORTS)
         prefix = unquote(parts.path).strip("/") or DEFAULT_PREFIX
         if any(c in prefix for c in "+#\0") or prefix.startswith("$") or "//" in prefix:
             raise LinkError(f"{settings.url!r}: the topic prefix {prefix!r} may not hold +, #, empty levels or start $")
         if settings.reconnect_max_s < settings.reconnect_min_s:
             raise LinkError("mqtt.reconnect_max_s must not be below mqtt.reconnect_min_s")
         self.settings = settings
-        self.host, self.port, self.tls, self.prefix = parts.hostname, port, parts.scheme == "mqtts", prefix
+        self.host, self.port, self.tls, self.prefix = host, port, parts.scheme == "mqtts", prefix
         self.user = unquote(parts.username) if parts.username else None
         secret = settings.password.get_secret_value() if settings.password else None
         self._password = secret or (unquote(parts.password) if parts.password else None)

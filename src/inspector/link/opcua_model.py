@@ -142,7 +142,6 @@ class AddressSpace:
             "Busy": status.busy,
             "ModelsLoaded": status.models_loaded,
             "Error": status.error or "",
-            "DriftAlarm": status.drift_alarm,
             "Recipes": list(status.recipes),
             "SelectedRecipe": status.selected_recipe,
             "SelectedModel": selected,

@@ -144,8 +144,7 @@ STATUS_BITS: tuple[tuple[int, str, str], ...] = (
     (6, "review", "result_valid and the shown verdict is review"),
     (7, "error", "state Error: a model failed to load, or the store's disk is below its floor"),
     (8, "overrun", "the buffer was full and results were dropped; stays set until control bit 0 clears it"),
-    (9, "drift_alarm", "the score distribution has drifted from calibration"),
-    (10, "handshake", "the server runs the acknowledge handshake (modbus.handshake)"),
+    (9, "handshake", "the server runs the acknowledge handshake (modbus.handshake)"),
 )
 CONTROL_BITS: tuple[tuple[int, str, str], ...] = (
     (0, "clear_overrun", "clear the overrun status bit"),

@@ -108,7 +108,6 @@ class LineStatus:
     error: str | None  # why the service cannot inspect (a model failed to load), else None
     recipes: tuple[str, ...]  # served model names; recipe number n is recipes[n - 1]
     selected_recipe: int  # 0: none selected (the camera's ?model= or the only model decides)
-    drift_alarm: bool = False
 
     @property
     def ready(self) -> bool:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from inspector.common.errors import InspectorError
 from inspector.link.result import LineResult
@@ -24,6 +25,20 @@ T = TypeVar("T")
 
 class LinkError(InspectorError, ValueError):
     """A link that cannot be set up as configured (bad URL, port in use, missing certificate)."""
+
+
+def endpoint(url: str, default_ports: Mapping[str, int]) -> tuple[SplitResult, str, int]:
+    """The parts, host and port of a link URL whose scheme is one of `default_ports` (its port when omitted)."""
+    parts = urlsplit(url)
+    if parts.scheme not in default_ports:
+        raise LinkError(f"{url!r}: expected {' or '.join(f'{s}://HOST[:PORT]' for s in default_ports)}")
+    try:
+        port = parts.port or default_ports[parts.scheme]
+    except ValueError as exc:
+        raise LinkError(f"{url!r}: {exc}") from exc
+    if not parts.hostname:
+        raise LinkError(f"{url!r} names no host; e.g. {parts.scheme}://0.0.0.0:{port}")
+    return parts, parts.hostname, port
 
 
 class UnknownRecipe(LinkError):
