@@ -7,6 +7,8 @@ also writes the screenshots of the documentation.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -254,6 +256,35 @@ def test_switching_calibration_asks_for_the_key_and_a_confirmation(page: Any, se
     finally:
         with service.client(OPERATOR) as c:
             c.put("/v1/models/synthetic/calibration", json={"name": "line"}).raise_for_status()
+
+
+def test_a_calibration_switch_on_the_page_is_listed_in_the_audit_log(page: Any, service: Service) -> None:
+    unlock(page, f"{service.url}/#/threshold")
+    page.click("#calibrations [data-name=strict]")
+    page.click("#activate")
+    page.fill("#confirm-form input[name=key]", OPERATOR)
+    page.click("#confirm-form button[type=submit]")
+    try:
+        page.wait_for_selector("#calibrations [data-name=strict].active")
+    finally:  # back, with a reason the page must show as text, never as markup
+        with service.client(OPERATOR) as c:
+            back = {"name": "line", "reason": "<img src=x onerror=alert(1)> back"}
+            c.put("/v1/models/synthetic/calibration", json=back, headers={"X-Operator": "Ana"}).raise_for_status()
+    page.click(".tabs a[data-view=audit]")
+    rows = page.locator("#audit-rows tr[data-kind=calibration]")
+    rows.first.wait_for()
+    restored, switched = rows.nth(0).inner_text(), rows.nth(1).inner_text()
+    assert "strict → line" in restored and "operator (Ana)" in restored
+    assert "<img src=x onerror=alert(1)> back" in restored
+    assert page.locator("#audit-rows img").count() == 0
+    assert "line → strict" in switched and "synthetic" in switched
+    with page.expect_download() as download:
+        page.click("#audit-csv")
+    rows_csv = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [(r["kind"], r["old"], r["new"]) for r in rows_csv[:2]] == [
+        ("calibration", "strict", "line"),
+        ("calibration", "line", "strict"),
+    ]
 
 
 def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp_path: Path) -> None:

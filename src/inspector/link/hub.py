@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -40,10 +40,17 @@ class LineControls(Protocol):
         ...
 
 
+RecipeObserver = Callable[[str | None, str | None], None]
+
+
 class LinkHub:
-    def __init__(self, sinks: Sequence[Sink], controls: LineControls) -> None:
+    """`on_recipe(old, new)` hears every change of the selected recipe (model names, None: none selected) before
+    the PLC is answered; the service writes it to its audit log."""
+
+    def __init__(self, sinks: Sequence[Sink], controls: LineControls, on_recipe: RecipeObserver | None = None) -> None:
         self.sinks = list(sinks)
         self.controls = controls
+        self.on_recipe = on_recipe
         self._lock = threading.Lock()
         self._sequence = 0
         self._selected = 0  # recipe number the PLC selected; 0: none
@@ -110,9 +117,12 @@ class LinkHub:
             if not 0 <= recipe <= len(recipes):
                 raise UnknownRecipe(f"recipe number {recipe} is not served (1 to {len(recipes)}; 0 clears)")
             number = recipe
-        self._selected = number
+        with self._lock:
+            old, self._selected = self._selected, number
         name = recipes[number - 1] if number else ""
         log.info("PLC selected recipe %d (%s)", number, name or "none")
+        if number != old and self.on_recipe is not None:
+            self.on_recipe(recipes[old - 1] if 0 < old <= len(recipes) else None, name or None)
         return name
 
     @property

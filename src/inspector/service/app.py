@@ -1,11 +1,11 @@
 """The app factory (`create_app(settings)`) and `serve`, which `inspector serve` runs.
 
-Start-up order: the store opens (and deletes files a crash left without a record), FAISS's process-wide thread
-count is set (once, here: two models in one process must not change each other's threads), the line links (PLC
-servers, MQTT, webhooks) open, the HTTP server
-starts answering /healthz, models load and warm up in a thread, then /readyz turns ready. A maintenance task applies
-retention every `store.maintenance_interval_s`. Shutdown lets admitted inspections finish, commit and reach the
-links, then closes the links.
+Start-up order: the store and its audit log open (a key changed since the last run is logged), the store
+deletes files a crash left without a record, FAISS's process-wide thread count is set (once, here: two models in
+one process must not change each other's threads), the line links (PLC servers, MQTT, webhooks) open, the HTTP
+server starts answering /healthz, models load and warm up in a thread, then /readyz turns ready. A maintenance
+task applies retention every `store.maintenance_interval_s`. Shutdown lets admitted inspections finish, commit and
+reach the links, then closes the links.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -27,14 +28,15 @@ from inspector.components.knn import set_search_threads
 from inspector.link.factory import build_sinks
 from inspector.link.hub import LinkHub
 from inspector.service import server
+from inspector.service.audit import AuditLog
 from inspector.service.broadcast import Broadcaster
 from inspector.service.config import LOOPBACK, Settings
 from inspector.service.errors import ServiceError
 from inspector.service.line import ServiceControls
 from inspector.service.metrics import ServiceMetrics
 from inspector.service.pipeline import Inspector
-from inspector.service.registry import ModelRegistry
-from inspector.service.routers import inspect, inspections, links, models, operator, system
+from inspector.service.registry import LoadedModel, ModelRegistry
+from inspector.service.routers import audit, inspect, inspections, links, models, operator, system
 from inspector.service.store import InspectionStore
 
 log = logging.getLogger("inspector.service")
@@ -48,14 +50,22 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = InspectionStore(settings.store)
+        audit_log = app.state.audit = AuditLog(store.root)
+        await asyncio.to_thread(
+            audit_log.record_key_changes, {"camera": settings.camera_key, "operator": settings.operator_key}
+        )
         threads = settings.threads or max(1, cpu_threads(None) // settings.workers)
         set_search_threads(threads)
         registry = ModelRegistry(settings.models, threads, settings.warmup_runs)
         inspector = app.state.inspector = Inspector(settings, registry, store, metrics)
-        controls = ServiceControls(inspector)
-        links = app.state.links = LinkHub(build_sinks(settings.links), controls)
+        controls = ServiceControls(inspector, audit_log)
+
+        def recipe_selected(old: str | None, new: str | None) -> None:
+            audit_log.append("recipe", user="plc", old=old, new=new, reason="selected by the PLC")
+
+        links = app.state.links = LinkHub(build_sinks(settings.links), controls, recipe_selected)
         await asyncio.to_thread(links.start)  # a PLC port in use stops the start, not the first inspection
-        background = asyncio.create_task(_start_and_maintain(inspector))
+        background = asyncio.create_task(_start_and_maintain(inspector, audit_log))
         try:
             yield
         finally:
@@ -64,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(inspector.queue.shutdown)
             await asyncio.to_thread(links.stop)
             store.close()
+            audit_log.close()
 
     app = FastAPI(
         title="inspector",
@@ -74,7 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.events = Broadcaster()
-    for module in (inspect, inspections, models, links, system, operator):
+    for module in (inspect, inspections, models, links, system, operator, audit):
         app.include_router(module.router)
     app.add_exception_handler(ServiceError, _service_error(metrics))
     app.add_exception_handler(Exception, _internal_error(metrics))
@@ -85,15 +96,16 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _start_and_maintain(inspector: Inspector) -> None:
-    """Clean up after a crash, load and warm the models, then apply retention periodically. The clean-up runs
-    before any model is loaded, so no inspection can be writing files it would take for orphans."""
+async def _start_and_maintain(inspector: Inspector, audit: AuditLog) -> None:
+    """Clean up after a crash, load and warm the models (each in the audit log, with the version the last run
+    served, before it serves), then apply retention periodically. The clean-up runs before any model is loaded,
+    so no inspection can be writing files it would take for orphans."""
     store = inspector.store
     removed = await asyncio.to_thread(store.cleanup_orphans)
     if removed:
         log.warning("removed %d files of inspections that were never committed (previous run crashed)", removed)
     try:
-        await asyncio.to_thread(inspector.registry.load_all)
+        await asyncio.to_thread(inspector.registry.load_all, partial(_audit_load, audit))
     except Exception:
         log.exception("the service cannot become ready")
         return
@@ -110,6 +122,11 @@ async def _start_and_maintain(inspector: Inspector) -> None:
                 log.info("retention deleted %d inspections", deleted)
         inspector.publish_store_stats()
         await asyncio.sleep(store.settings.maintenance_interval_s)
+
+
+def _audit_load(audit: AuditLog, entry: LoadedModel) -> None:
+    old = audit.last_value(("model_load", "model_reload"), model=entry.name)
+    audit.append("model_load", user="service", model=entry.name, old=old, new=entry.version, reason="service start")
 
 
 def _service_error(metrics: ServiceMetrics):

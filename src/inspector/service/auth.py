@@ -57,6 +57,17 @@ def require(role: Role):
     return check
 
 
+def caller(
+    request: Request,
+    api_key: Annotated[str | None, Depends(_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Who authorised a request, for the audit log: its key's role, or "none" on a service without keys."""
+    settings: Settings = request.app.state.settings
+    granted = role_of(settings, api_key or (bearer.credentials if bearer else None)) if settings.has_keys else None
+    return granted.value if granted else "none"
+
+
 camera = Depends(require(Role.camera))
 operator = Depends(require(Role.operator))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from inspector.link.hub import LinkHub
 from inspector.link.result import LineResult, LineStatus, MachineState, largest_first
+from inspector.service.audit import AuditLog
 from inspector.service.auth import Role, role_of
 from inspector.service.pipeline import Inspector
 from inspector.service.store import InspectionRecord
@@ -41,11 +42,17 @@ def line_result(record: InspectionRecord, hub: LinkHub) -> LineResult:
     )
 
 
+def band_text(band: tuple[float, float] | None) -> str:
+    """A review band as the audit log shows it (normalised units)."""
+    return "none" if band is None else f"{band[0]:g}..{band[1]:g}"
+
+
 class ServiceControls:
     """`LineControls` over the running service: its state for the PLC, and the review band a PLC may change."""
 
-    def __init__(self, inspector: Inspector) -> None:
+    def __init__(self, inspector: Inspector, audit: AuditLog) -> None:
         self.inspector = inspector
+        self.audit = audit
         self.stopping = False
 
     def line_status(self) -> LineStatus:
@@ -68,7 +75,19 @@ class ServiceControls:
         )
 
     def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
-        self.inspector.registry.set_review_band(model, band)
+        """Only an operator's OPC UA session reaches this (the link checks), hence the audit log's user."""
+        registry = self.inspector.registry
+        before = registry.get(model).calibration
+        entry = registry.set_review_band(model, band)
+        assert before is not None and entry.calibration is not None  # set_review_band refuses without one
+        self.audit.append(
+            "review_band",
+            user="opcua operator",
+            model=model,
+            old=band_text(before.review_band),
+            new=band_text(band),
+            reason=f"set over OPC UA (calibration {before.name} -> {entry.calibration.name})",
+        )
         self.inspector.publish_models()
 
     def is_operator(self, key: str | None) -> bool:

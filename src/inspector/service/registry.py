@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,10 +77,14 @@ class ModelRegistry:
     def ready(self) -> bool:
         return len(self.entries) == len(self.specs) > 0
 
-    def load_all(self) -> None:
+    def load_all(self, on_loaded: Callable[[LoadedModel], None] | None = None) -> None:
+        """Load every model; `on_loaded` (the audit log) hears of each before it serves its first request."""
         try:
             for name in self.specs:
-                self.entries[name] = self._load(name)
+                entry = self._load(name)
+                if on_loaded is not None:
+                    on_loaded(entry)
+                self.entries[name] = entry
         except Exception as exc:
             self.error = f"loading models failed: {exc}"
             raise

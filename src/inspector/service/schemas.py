@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from inspector.calibration import Verdict
+from inspector.service.audit import AuditKind, AuditRecord
 from inspector.service.store import InspectionRecord, ReviewVerdict
 
 
@@ -157,10 +158,12 @@ class ModelInfo(BaseModel):
 
 class ActivateCalibration(BaseModel):
     name: str = Field(description="an archived calibration of the model (GET .../calibrations)")
+    reason: str = Field(default="", max_length=2000, description="why, for the audit log")
 
 
 class ReloadRequest(BaseModel):
     model: str | None = Field(default=None, description="model to reload; all when null")
+    reason: str = Field(default="", max_length=2000, description="why, for the audit log")
 
 
 class Health(BaseModel):
@@ -214,6 +217,35 @@ class RecentScores(BaseModel):
     model: str
     model_version: str
     points: list[ScorePoint]
+
+
+class AuditEntry(BaseModel):
+    """One change that altered what the line is told, as the audit log keeps it (append-only)."""
+
+    id: int = Field(description="grows with every entry")
+    created: datetime
+    kind: AuditKind
+    user: str = Field(
+        description="role of the key that authorised it (operator, camera; none without keys), plc or "
+        "opcua operator for line-link changes, service for start-up"
+    )
+    operator: str | None = Field(description="the person, when the request named one (X-Operator or body)")
+    model: str | None
+    subject: str | None = Field(description="what changed besides the model: an inspection id, a key's role")
+    old: str | None = Field(description="value before (a key: its salted fingerprint, never the key)")
+    new: str | None = Field(description="value after")
+    reason: str
+
+    @classmethod
+    def from_record(cls, record: AuditRecord) -> AuditEntry:
+        return cls(**{**asdict(record), "created": _time(record.created)})
+
+
+class AuditPage(BaseModel):
+    """Newest first; pass `next_cursor` back as `cursor` for the next page (null: no more)."""
+
+    items: list[AuditEntry]
+    next_cursor: int | None
 
 
 class ErrorBody(BaseModel):

@@ -17,7 +17,7 @@ from inspector.data.io import read_image
 from inspector.service import auth
 from inspector.service.errors import NotFound
 from inspector.service.pipeline import Inspector
-from inspector.service.routers import InspectorDep
+from inspector.service.routers import ActorDep, AuditDep, InspectorDep
 from inspector.service.schemas import ErrorBody, Inspection, InspectionPage, ReviewRequest
 from inspector.service.store import InspectionRecord, VerdictFilter, unix_time
 
@@ -86,12 +86,32 @@ def get_map(record_id: RecordId, inspector: InspectorDep) -> Response:
 
 
 @router.post("/{record_id}/review", response_model=Inspection, dependencies=[auth.operator])
-def review(record_id: RecordId, body: ReviewRequest, inspector: InspectorDep, request: Request) -> Inspection:
-    """An operator's verdict (good | defect) and note, kept with the record; a later review replaces it.
+def review(
+    record_id: RecordId,
+    body: ReviewRequest,
+    inspector: InspectorDep,
+    audit: AuditDep,
+    actor: ActorDep,
+    request: Request,
+) -> Inspection:
+    """An operator's verdict (good | defect) and note, kept with the record; a later review replaces it, and
+    each is in the audit log (old and new verdict, the note as reason) before the answer is sent.
     `inspector dataset export --reviewed` turns reviewed records into a data set for re-fitting."""
-    record = inspector.store.review(record_id, body.verdict, body.note, body.operator)
+    before = _record(inspector, record_id)
+    operator = body.operator or actor.operator
+    record = inspector.store.review(record_id, body.verdict, body.note, operator)
     if record is None:
         raise NotFound(f"no inspection {record_id}")
+    audit.append(
+        "review",
+        user=actor.user,
+        operator=operator,
+        model=record.model,
+        subject=record_id,
+        old=before.review_verdict,
+        new=body.verdict,
+        reason=body.note,
+    )
     inspection = Inspection.from_record(record)
     request.app.state.events.publish("review", inspection)  # other operator pages update their history
     return inspection

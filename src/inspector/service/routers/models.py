@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Body
@@ -12,7 +13,7 @@ from inspector.calibration.store import is_stale, model_fingerprint
 from inspector.components.knn import NearestNeighbourIndex
 from inspector.service import auth
 from inspector.service.registry import LoadedModel
-from inspector.service.routers import InspectorDep
+from inspector.service.routers import ActorDep, AuditDep, InspectorDep
 from inspector.service.schemas import ActivateCalibration, CalibrationInfo, ErrorBody, ModelInfo, ReloadRequest
 
 router = APIRouter(
@@ -48,9 +49,22 @@ def get_calibrations(name: str, inspector: InspectorDep) -> list[CalibrationInfo
     dependencies=[auth.operator],
     responses={409: {"model": ErrorBody, "description": "calibration is stale"}},
 )
-def activate(name: str, body: ActivateCalibration, inspector: InspectorDep) -> ModelInfo:
-    """Make an archived calibration the active one; the next inspection is judged by it (no restart)."""
+def activate(
+    name: str, body: ActivateCalibration, inspector: InspectorDep, audit: AuditDep, actor: ActorDep
+) -> ModelInfo:
+    """Make an archived calibration the active one; the next inspection is judged by it (no restart). The switch
+    is in the audit log before the answer is sent."""
+    before = inspector.registry.get(name).calibration
     entry = inspector.registry.activate(name, body.name)
+    audit.append(
+        "calibration",
+        user=actor.user,
+        operator=actor.operator,
+        model=name,
+        old=before.name if before else None,
+        new=body.name,
+        reason=body.reason,
+    )
     inspector.publish_models()
     return model_info(entry)
 
@@ -61,11 +75,33 @@ def activate(name: str, body: ActivateCalibration, inspector: InspectorDep) -> M
     dependencies=[auth.operator],
     responses={409: {"model": ErrorBody, "description": "reload failed or already running"}},
 )
-async def reload(inspector: InspectorDep, body: Annotated[ReloadRequest | None, Body()] = None) -> list[ModelInfo]:
+async def reload(
+    inspector: InspectorDep,
+    audit: AuditDep,
+    actor: ActorDep,
+    body: Annotated[ReloadRequest | None, Body()] = None,
+) -> list[ModelInfo]:
     """Load the model directory again (after a re-fit or calibrate), warm it up and swap it in. Requests keep
-    being served by the old model meanwhile and in-flight ones finish on it; a failed load changes nothing."""
+    being served by the old model meanwhile and in-flight ones finish on it; a failed load changes nothing.
+    Each model swapped is in the audit log (old and new version) before the answer is sent."""
     names = [body.model] if body and body.model else list(inspector.registry.specs)
-    entries = [await run_in_threadpool(inspector.registry.reload, name) for name in names]
+    entries = []
+    for name in names:
+        before = inspector.registry.get(name).version
+        entry = await run_in_threadpool(inspector.registry.reload, name)
+        await run_in_threadpool(
+            partial(
+                audit.append,
+                "model_reload",
+                user=actor.user,
+                operator=actor.operator,
+                model=name,
+                old=before,
+                new=entry.version,
+                reason=body.reason if body else "",
+            )
+        )
+        entries.append(entry)
     inspector.publish_models()
     return [model_info(e) for e in entries]
 

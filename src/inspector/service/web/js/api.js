@@ -73,6 +73,11 @@ export async function getJSON(path) {
   return withKey((key) => send(path, { key }), UNLOCK).then((r) => r.json());
 }
 
+// A file the service makes (the audit CSV), as a Blob: fetched with the key, so it never goes in a URL.
+export async function getBlob(path) {
+  return withKey((key) => send(path, { key }), UNLOCK).then((r) => r.blob());
+}
+
 export async function sendJSON(method, path, body, reason) {
   return withKey((key) => send(path, { method, body, key }), reason).then((r) => r.json());
 }

@@ -1,7 +1,8 @@
-// The operator page: boots against the service, routes between views (#/live, #/review, #/threshold, with
-// /<id> for an open detail) and feeds live events to every part of the page.
+// The operator page: boots against the service, routes between views (#/live, #/review, #/threshold, #/audit,
+// with /<id> for an open detail) and feeds live events to every part of the page.
 
 import { Cancelled, getJSON, listen, onKeyNeeded, probeAuth } from "./api.js";
+import { createAudit } from "./audit.js";
 import { createDetail } from "./detail.js";
 import { createHistory } from "./history.js";
 import { createLinks } from "./links.js";
@@ -11,7 +12,7 @@ import { createThreshold } from "./threshold.js";
 import { fmt } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["live", "review", "threshold"];
+const VIEWS = ["live", "review", "threshold", "audit"];
 const SUMMARY_GAP_MS = 2000; // at most one counter refresh per this, however fast parts arrive
 
 let models = [];
@@ -60,6 +61,7 @@ const live = createLive({ onOpen: openDetail });
 const history = createHistory({ model, onOpen: openDetail });
 const review = createReview({ model, onOpen: openDetail, onReviewed: reviewed });
 const threshold = createThreshold({ model, onSwitched: () => loadModels().then(() => threshold.load()) });
+const audit = createAudit();
 const detail = createDetail({
   onReviewed: reviewed,
   onClose: () => { if (route().id) location.hash = `#/${route().view}`; },
@@ -73,6 +75,7 @@ async function show() {
   }
   if (view === "review") await review.load();
   if (view === "threshold") await threshold.load();
+  if (view === "audit") await audit.load();
   if (!id) {
     detail.close();
     return;
