@@ -19,12 +19,12 @@ import urllib.error
 import urllib.request
 from collections import deque
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlunsplit
 
 from inspector import __version__
 from inspector.link.result import LineResult
 from inspector.link.settings import WebhookSettings
-from inspector.link.sink import LinkError, Sink, SinkHealth
+from inspector.link.sink import Sink, SinkHealth, endpoint
 
 if TYPE_CHECKING:
     from inspector.link.hub import LinkHub
@@ -47,13 +47,7 @@ class WebhookSink(Sink):
     kind = "webhook"
 
     def __init__(self, url: str, settings: WebhookSettings) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise LinkError(f"{url!r}: a webhook is an http:// or https:// URL with a host")
-        try:
-            parts.port  # noqa: B018 - parsing it validates it
-        except ValueError as exc:
-            raise LinkError(f"{url!r}: {exc}") from exc
+        parts, _, _ = endpoint(url, {"http": 80, "https": 443})
         self.settings = settings
         netloc = parts.netloc.rpartition("@")[2]
         self.url = self.name = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
