@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from inspector.components.coreset import StreamingCoreset, greedy_coreset
 
@@ -49,6 +50,52 @@ def test_greedy_centers_are_farther_apart_than_the_radius_they_leave() -> None:
     rng = np.random.default_rng(3)
     best_random = min(_covering_radius(x, x[rng.choice(300, 12, replace=False)]) for _ in range(200))
     assert radius < best_random
+
+
+def _greedy_updating_every_row(x: np.ndarray, n_select: int, seed: int) -> np.ndarray:
+    """The plain farthest-point pass (the code before blocks): every row's distance updated at every pick."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(x)
+    sq_norms = torch.linalg.vector_norm(rows, dim=1).square_()
+    min_dist = torch.full((len(rows),), float("inf"))
+    selected = [int(torch.randint(len(rows), (1,), generator=generator))]
+    while len(selected) < n_select:
+        dist = torch.addmv(sq_norms, rows, rows[selected[-1]], alpha=-2.0).add_(sq_norms[selected[-1]])
+        torch.minimum(min_dist, dist, out=min_dist)
+        selected.append(int(torch.argmax(min_dist)))
+    return np.array(selected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blocked_pass_picks_exactly_what_updating_every_row_picks(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    import inspector.components.coreset as coreset
+
+    monkeypatch.setattr(coreset, "PART_ROWS", 64)  # dozens of blocks, the last one short
+    rng = np.random.default_rng(10)
+    spread = rng.normal(size=(4003, 24)).astype(np.float32)
+    ties = rng.integers(0, 3, size=(3001, 6)).astype(np.float32)  # 729 distinct rows: equal distances everywhere
+    clumps = np.repeat(rng.normal(size=(400, 40)), 5, axis=0)[rng.permutation(2000)].astype(np.float32)
+    for x, n_select in ((spread, 300), (ties, 200), (clumps, 300)):
+        for seed in (0, 1):
+            expected = _greedy_updating_every_row(x, n_select, seed)
+            picked = greedy_coreset(x, n_select, projection_dim=None, seed=seed, threads=threads)
+            np.testing.assert_array_equal(picked, expected)
+
+
+def test_full_size_blocks_pick_what_updating_every_row_picks() -> None:
+    x = np.random.default_rng(11).normal(size=(5003, 8)).astype(np.float32)  # blocks of 2048 rows, the last short
+    np.testing.assert_array_equal(
+        greedy_coreset(x, 150, projection_dim=None, seed=4, threads=2), _greedy_updating_every_row(x, 150, 4)
+    )
+
+
+def test_rejects_non_finite_features() -> None:
+    x = np.ones((100, 4), dtype=np.float32)
+    x[7, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        greedy_coreset(x, 10, projection_dim=None)
 
 
 def test_streaming_returns_the_requested_fraction_and_bounds_its_pool() -> None:

@@ -10,10 +10,14 @@ a 2-approximation of the optimal covering radius, so the two-level result stays 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from inspector.common.progress import progress_bar
+from inspector.common.system import cpu_threads
 
 
 def greedy_coreset(
@@ -22,12 +26,14 @@ def greedy_coreset(
     projection_dim: int | None = 256,
     seed: int = 0,
     progress: bool = False,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Indices of `n_select` rows chosen by greedy k-center (farthest-point) selection.
 
     Wider features are first reduced by a seeded Gaussian random projection to `projection_dim` dimensions (as in
     the PatchCore paper), which keeps pairwise distances within a small factor at a fraction of the cost. Narrow
     features are used as they are: on magnetic_tile with 152-d features, projecting to 128 cost 0.007 image AUROC.
+    Distances are updated by `threads` workers (default: every core this process may run on).
     """
     x = torch.as_tensor(features, dtype=torch.float32)
     n = x.shape[0]
@@ -40,24 +46,108 @@ def greedy_coreset(
         projection = torch.randn(x.shape[1], projection_dim, generator=generator) / projection_dim**0.5
         x = x @ projection
     with torch.inference_mode():
-        sq_norms = torch.linalg.vector_norm(x, dim=1).square_()  # no (N, D) temporary, unlike (x * x).sum(1)
-        min_dist = torch.full((n,), float("inf"))
+        workers = cpu_threads(threads)
+        greedy = _BlockedGreedy(x, n_select, workers)
         selected = np.empty(n_select, dtype=np.int64)
-        current = int(torch.randint(n, (1,), generator=generator))
-        for i in progress_bar(range(n_select), desc="coreset", unit="pt", disable=not progress, leave=False):
-            selected[i] = current
-            # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2: one matrix-vector product per pick
-            dist = torch.addmv(sq_norms, x, x[current], alpha=-2.0).add_(sq_norms[current])
-            torch.minimum(min_dist, dist, out=min_dist)
-            current = int(torch.argmax(min_dist))
+        selected[0] = int(torch.randint(n, (1,), generator=generator))
+        with ThreadPoolExecutor(max(1, workers - 1)) as pool:  # threads start on the first submit: none for one
+            for i in progress_bar(range(1, n_select), desc="coreset", unit="pt", disable=not progress, leave=False):
+                greedy.add_center(int(selected[i - 1]))
+                selected[i] = greedy.farthest(pool)
     return selected
+
+
+PART_ROWS = 1024  # a multiple of 64 (see below); 1024 rows of 152 floats (608 KB) stay in a core's L2 cache
+CENTER_GROUP = 16  # times PART_ROWS, under torch's 32768-element grain: no op starts an OpenMP team in a worker
+
+
+class _BlockedGreedy:
+    """Farthest-point selection that reads a block of rows once for many centers instead of once per center.
+
+    Updating every row's distance at each pick reads all rows from memory for one matrix-vector product, which
+    the BLAS does at a fifth of its speed on cached rows. Here each block records how many of the centers it has
+    taken into its distances and an upper bound of those distances (they only fall as centers are added). A pick
+    brings blocks up to date in order of their bound and stops at the first bound below the farthest distance
+    found: no row there can be farther. Most picks update two or three blocks, each for tens of centers while it
+    is cached. A block has a part of PART_ROWS rows per worker and the workers take parts until none are left:
+    they share each block's backlog, and a worker the system runs late leaves its part to the others.
+    The BLAS computes rows in groups of four from the start of the matrix, so `addmv` on rows that start at a
+    multiple of 64 gives each row the same distance, to the bit, as one call on all rows: the picks, ties
+    included, are those of updating every row at every pick.
+    """
+
+    def __init__(self, x: torch.Tensor, n_select: int, workers: int) -> None:
+        self.x = x
+        self.sq_norms = torch.linalg.vector_norm(x, dim=1).square_()  # no (N, D) temporary, unlike (x * x).sum(1)
+        if not bool(torch.isfinite(self.sq_norms).all()):
+            raise ValueError("features must be finite")  # a NaN bound would hide its block from every pick
+        self.workers = workers
+        self.min_dist = torch.full((len(x),), float("inf"))
+        self.centers: list[torch.Tensor] = []  # rows of x, as views made once
+        self.center_sq_norms = torch.empty(n_select)
+        self.block_rows = workers * PART_ROWS
+        self.bound = np.full(-(-len(x) // self.block_rows), np.inf)
+        self.applied = np.zeros(len(self.bound), dtype=np.int64)  # centers[:applied] are in the block's distances
+
+    def add_center(self, index: int) -> None:
+        self.center_sq_norms[len(self.centers)] = self.sq_norms[index]
+        self.centers.append(self.x[index])
+
+    def farthest(self, pool: ThreadPoolExecutor) -> int:
+        """The row farthest from its nearest center, the lowest index among equals (as torch.argmax picks)."""
+        best = -np.inf, -1
+        for block in np.argsort(-self.bound, kind="stable").tolist():
+            if self.bound[block] < best[0]:
+                break
+            start, stop = block * self.block_rows, min((block + 1) * self.block_rows, len(self.x))
+            first, last = int(self.applied[block]), len(self.centers)
+            parts = iter(range(start, stop, PART_ROWS))  # shared: a worker that starts late finds less left
+            helpers = [pool.submit(self._update_parts, parts, stop, first, last) for _ in range(self.workers - 1)]
+            found = self._update_parts(parts, stop, first, last)
+            for helper in helpers:
+                found += helper.result()
+            self.applied[block] = last
+            self.bound[block] = max(found)[0]
+            best = max(best, *found, key=_farther)
+        return best[1]
+
+    def _update_parts(self, parts: Iterator[int], stop: int, first: int, last: int) -> list[tuple[float, int]]:
+        """`_update` on parts of PART_ROWS rows starting where `parts` says, until the workers have taken them all."""
+        return [self._update(part, min(part + PART_ROWS, stop), first, last) for part in parts]
+
+    def _update(self, start: int, stop: int, first: int, last: int) -> tuple[float, int]:
+        """Take centers[first:last] into the rows' distances; their farthest distance and row.
+
+        Torch ops release the GIL. Distances to CENTER_GROUP centers at a time are offset and reduced in one op
+        each, so that workers mostly wait on the BLAS, not on each other for the GIL.
+        """
+        with torch.inference_mode():  # per thread
+            x, sq_norms, min_dist = self.x[start:stop], self.sq_norms[start:stop], self.min_dist[start:stop]
+            buffer = torch.empty(CENTER_GROUP, stop - start)
+            for group in range(first, last, CENTER_GROUP):
+                dist = buffer[: min(CENTER_GROUP, last - group)]
+                for center, out in zip(self.centers[group:last], dist.unbind(0), strict=False):
+                    # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, each term rounded as one addmv on all rows rounds it
+                    torch.addmv(sq_norms, x, center, alpha=-2.0, out=out)
+                dist.add_(self.center_sq_norms[group : group + len(dist), None])
+                torch.minimum(min_dist, dist.amin(0), out=min_dist)
+            value, index = torch.max(min_dist, 0)
+        return float(value), start + int(index)
+
+
+def _farther(found: tuple[float, int]) -> tuple[float, int]:
+    """Sort key: the larger distance, then the lower row index (torch.argmax's choice among equal maxima)."""
+    return found[0], -found[1]
 
 
 SLAB_BYTES = 64 * 2**20  # held batches are joined into slabs this large: freed at once when copied, never twice held
 
 
 class StreamingCoreset:
-    """Accumulates patch features batch by batch and returns a coreset of `ratio` of all patches seen."""
+    """Accumulates patch features batch by batch and returns a coreset of `ratio` of all patches seen.
+
+    `threads` is the greedy passes' worker count (default: every core this process may run on).
+    """
 
     def __init__(
         self,
@@ -67,6 +157,7 @@ class StreamingCoreset:
         projection_dim: int | None = 256,
         seed: int = 0,
         exact_budget_mb: float | None = 512.0,
+        threads: int | None = None,
     ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
@@ -77,6 +168,7 @@ class StreamingCoreset:
         self.projection_dim = projection_dim
         self.seed = seed
         self.exact_budget_bytes = None if exact_budget_mb is None else exact_budget_mb * 2**20
+        self.threads = threads
         self.n_seen = 0
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
@@ -132,7 +224,8 @@ class StreamingCoreset:
             del parts
             if self.keep < 1.0:
                 n_keep = max(1, round(self.keep * len(chunk)))
-                chunk = chunk[greedy_coreset(chunk, n_keep, self.projection_dim, self.seed + len(self._pool))]
+                seed = self.seed + len(self._pool)
+                chunk = chunk[greedy_coreset(chunk, n_keep, self.projection_dim, seed, threads=self.threads)]
             self._pool.append(chunk)
 
     def finalize(self, progress: bool = False) -> np.ndarray:
@@ -150,7 +243,7 @@ class StreamingCoreset:
         n_select = max(1, round(self.ratio * self.n_seen))
         if n_select >= len(pool):
             return pool
-        return pool[greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress=progress)]
+        return pool[greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress, self.threads)]
 
 
 def _concatenate_consuming(parts: list[np.ndarray]) -> np.ndarray:

@@ -94,7 +94,11 @@ class PatchCore(AnomalyModel, kind="patchcore"):
     def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, Any]:
         self._compile(PatchEmbedding(self.backbone_info_.channels, self.patch_size, self.embed_dim, self.seed))
         coreset = StreamingCoreset(
-            self.coreset_ratio, self.coreset_oversample, seed=self.seed, exact_budget_mb=self.coreset_budget_mb
+            self.coreset_ratio,
+            self.coreset_oversample,
+            seed=self.seed,
+            exact_budget_mb=self.coreset_budget_mb,
+            threads=self.threads,
         )
         t0 = time.perf_counter()
         for batch in self._batches(images, progress, "features"):
