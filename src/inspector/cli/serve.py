@@ -28,6 +28,12 @@ def add_parser(sub: Subcommands) -> None:
         metavar="[NAME=]DIR",
         help="fitted model to serve (repeat for several; NAME defaults to the folder name)",
     )
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="serve every model folder below DIR as a recipe named after it, in sorted order (after --model-dir)",
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--store-dir", type=Path, help="where inspections are recorded (default ./inspections)")
@@ -56,6 +62,7 @@ def _settings_help() -> str:
 def run(args: argparse.Namespace) -> int:
     from inspector.service.app import serve
     from inspector.service.config import ModelSpec, load_settings
+    from inspector.service.recipes import served_models
 
     overrides = {
         "host": args.host,
@@ -65,13 +72,14 @@ def run(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "store.dir": args.store_dir,
         "models": [ModelSpec.parse(m) for m in args.model_dir] if args.model_dir else None,
+        "models_dir": args.models_dir,
         "links.plc": args.plc,
         "links.opcua.nodeset": args.opcua_nodeset,
         "links.mqtt.url": args.mqtt,
         "links.webhook.urls": args.webhook,
     }
     settings = load_settings(args.config, overrides=overrides)  # ServiceConfigError is an InspectorError
-    if not settings.models:
-        raise UsageError("no model to serve: give --model-dir DIR (or `models:` in the config)")
+    if not served_models(settings):
+        raise UsageError("no model to serve: give --model-dir DIR or --models-dir DIR (or `models:` in the config)")
     serve(settings)
     return 0

@@ -110,19 +110,21 @@ class LinkHub:
         """Use this model when the camera names none; by number (1-based) or name; 0 clears the selection."""
         recipes = self.controls.line_status().recipes
         if isinstance(recipe, str):
-            if recipe not in recipes:
+            if not recipe or recipe not in recipes:
                 raise UnknownRecipe(f"recipe {recipe!r} is not served (served: {', '.join(recipes)})")
             number = recipes.index(recipe) + 1
         else:
             if not 0 <= recipe <= len(recipes):
                 raise UnknownRecipe(f"recipe number {recipe} is not served (1 to {len(recipes)}; 0 clears)")
+            if recipe and not recipes[recipe - 1]:
+                raise UnknownRecipe(f"recipe number {recipe} was unloaded; its number stays unused until a restart")
             number = recipe
         with self._lock:
             old, self._selected = self._selected, number
         name = recipes[number - 1] if number else ""
         log.info("PLC selected recipe %d (%s)", number, name or "none")
         if number != old and self.on_recipe is not None:
-            self.on_recipe(recipes[old - 1] if 0 < old <= len(recipes) else None, name or None)
+            self.on_recipe((recipes[old - 1] or None) if 0 < old <= len(recipes) else None, name or None)
         return name
 
     @property
@@ -130,7 +132,7 @@ class LinkHub:
         """The model the PLC selected, for requests that name none."""
         number = self._selected
         recipes = self.controls.line_status().recipes
-        return recipes[number - 1] if 0 < number <= len(recipes) else None
+        return (recipes[number - 1] or None) if 0 < number <= len(recipes) else None
 
     def set_next_ids(self, part_id: str | None = None, meas_id: str | None = None) -> None:
         """The PLC's part and measurement id for the next inspection that arrives without its own."""

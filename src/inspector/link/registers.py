@@ -89,7 +89,7 @@ STATUS = _layout(
         Field("status", "BITS", "bits", "status word, see the status bits"),
         Field("state", "UINT16", "code", "OPC 40100 state: 0 Preoperational, 1 Halted, 2 Error, 3 Operational"),
         Field("selected_recipe", "UINT16", "recipe", "recipe the PLC selected (0: none, the camera names the model)"),
-        Field("recipes", "UINT16", "count", "recipes (models) served; recipe n is the n-th model of the config"),
+        Field("recipes", "UINT16", "count", "highest recipe number; recipe n is the n-th model loaded, see Commands"),
         Field("buffered", "UINT16", "count", "results not yet acknowledged, the shown one included (handshake)"),
         Field("dropped", "UINT32", "count", "results dropped by buffer overrun since the service started"),
         Field("newest_sequence", "UINT32", "seq", "sequence number of the newest result (0: none yet)"),

@@ -106,7 +106,7 @@ class LineStatus:
     models_loaded: bool
     busy: bool  # an inspection is admitted and not yet answered
     error: str | None  # why the service cannot inspect (a model failed to load), else None
-    recipes: tuple[str, ...]  # served model names; recipe number n is recipes[n - 1]
+    recipes: tuple[str, ...]  # served model names; recipe number n is recipes[n - 1] ("": unloaded, number unused)
     selected_recipe: int  # 0: none selected (the camera's ?model= or the only model decides)
 
     @property

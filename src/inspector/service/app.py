@@ -35,6 +35,7 @@ from inspector.service.errors import ServiceError
 from inspector.service.line import ServiceControls
 from inspector.service.metrics import ServiceMetrics
 from inspector.service.pipeline import Inspector
+from inspector.service.recipes import served_models
 from inspector.service.registry import LoadedModel, ModelRegistry
 from inspector.service.routers import audit, inspect, inspections, links, models, operator, system
 from inspector.service.store import InspectionStore
@@ -56,7 +57,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         threads = settings.threads or max(1, cpu_threads(None) // settings.workers)
         set_search_threads(threads)
-        registry = ModelRegistry(settings.models, threads, settings.warmup_runs)
+        registry = ModelRegistry(
+            served_models(settings), threads, settings.warmup_runs, settings.model_memory_budget_mb
+        )
         inspector = app.state.inspector = Inspector(settings, registry, store, metrics)
         controls = ServiceControls(inspector, audit_log)
 
@@ -191,14 +194,15 @@ def serve(settings: Settings) -> None:
     from inspector.models.persistence import read_manifest
 
     logging.getLogger("inspector").setLevel(settings.log_level.upper())
-    for spec in settings.models:
+    specs = served_models(settings)
+    for spec in specs:
         read_manifest(spec.dir, verify=False)  # fail now, not after the server started, on a wrong path
     host = bind_host(settings)
     keys = [role for role, key in (("camera", settings.camera_key), ("operator", settings.operator_key)) if key]
     log.info(
         "inspector %s serving %s on http://%s:%d; store %s; auth: %s",
         __version__,
-        ", ".join(f"{m.name}={m.dir}" for m in settings.models),
+        ", ".join(f"{m.name}={m.dir}" for m in specs),
         host,
         settings.port,
         settings.store.dir,

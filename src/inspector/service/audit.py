@@ -27,7 +27,9 @@ from typing import Any, Literal, TextIO
 from pydantic import SecretStr
 
 AUDIT_DB = "audit.db"
-AuditKind = Literal["model_load", "model_reload", "calibration", "review_band", "recipe", "review", "key"]
+AuditKind = Literal[
+    "model_load", "model_reload", "model_unload", "calibration", "review_band", "recipe", "review", "key"
+]
 _PBKDF2_ROUNDS = 200_000  # a start-up cost of a fraction of a second; makes guessing a key from its print slow
 _BATCH = 500
 

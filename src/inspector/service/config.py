@@ -89,6 +89,17 @@ class Settings(BaseModel):
         default_factory=list,
         description="models to serve: list of {dir, name}; env/flags take DIR or NAME=DIR (env: separated by ':')",
     )
+    models_dir: Path | None = Field(
+        default=None,
+        description="every folder below it holding a model is a recipe named after the folder, after `models`, "
+        "in sorted order; operators load more from it at run time (POST /v1/models)",
+    )
+    model_memory_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="MiB; refuse a model load whose file sizes would take the loaded models (each counted at its "
+        "measured RSS growth or file sizes, whichever is larger) over this (null: no budget)",
+    )
     camera_key: SecretStr | None = Field(default=None, description="API key for cameras: inspect and read records")
     operator_key: SecretStr | None = Field(
         default=None, description="API key for operators: everything, incl. review, calibration and reload"

@@ -70,7 +70,7 @@ class ServiceControls:
             models_loaded=registry.ready,
             busy=self.inspector.queue.in_flight > 0,
             error=error,
-            recipes=tuple(registry.specs),
+            recipes=tuple(name or "" for name in registry.recipes),
             selected_recipe=0,
         )
 

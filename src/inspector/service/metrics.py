@@ -77,6 +77,12 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "inspector_model_info", "Loaded models (value 1)", ["model", "version", "calibration"], registry=r
         )
+        self.model_resident_bytes = Gauge(
+            "inspector_model_resident_bytes",
+            "Resident memory a model took when it loaded (RSS growth across load and warm-up)",
+            ["model"],
+            registry=r,
+        )
 
     def set_links(self, links: list[SinkHealth]) -> None:
         """The line links' state as read at scrape time (their counters live in the sinks)."""
@@ -92,11 +98,13 @@ class ServiceMetrics:
         for stage, ms in timings_ms.items():
             self.stage_seconds.labels(stage).observe(ms / 1e3)
 
-    def set_models(self, models: list[tuple[str, str, str | None]]) -> None:
-        """(name, version, calibration) of every loaded model, replacing what was shown before."""
+    def set_models(self, models: list[tuple[str, str, str | None, float]]) -> None:
+        """(name, version, calibration, resident MiB) of every loaded model, replacing what was shown before."""
         self.model_info.clear()
-        for name, version, calibration in models:
+        self.model_resident_bytes.clear()
+        for name, version, calibration, resident_mb in models:
             self.model_info.labels(name, version, calibration or "none").set(1)
+            self.model_resident_bytes.labels(name).set(round(resident_mb * 1024 * 1024))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

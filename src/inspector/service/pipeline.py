@@ -47,7 +47,10 @@ class Inspector:
 
     def publish_models(self) -> None:
         self.metrics.set_models(
-            [(e.name, e.version, e.calibration.name if e.calibration else None) for e in self.registry.entries.values()]
+            [
+                (e.name, e.version, e.calibration.name if e.calibration else None, e.resident_mb)
+                for e in self.registry.entries.values()
+            ]
         )
 
     def publish_store_stats(self) -> None:

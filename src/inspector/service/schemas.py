@@ -154,10 +154,24 @@ class ModelInfo(BaseModel):
     calibrated: bool
     calibration: CalibrationInfo | None
     calibration_error: str | None = Field(description="why the active calibration is not used, if so")
+    resident_mb: float = Field(description="MiB the process grew by while loading and warming the model")
+    estimated_mb: float = Field(
+        description="MiB its files take; the memory budget counts the larger of this and resident_mb"
+    )
 
 
 class ActivateCalibration(BaseModel):
     name: str = Field(description="an archived calibration of the model (GET .../calibrations)")
+    reason: str = Field(default="", max_length=2000, description="why, for the audit log")
+
+
+class LoadModelRequest(BaseModel):
+    dir: str | None = Field(
+        default=None, description="model directory: absolute, or relative to models_dir (and inside it)"
+    )
+    name: str | None = Field(
+        default=None, description="recipe name (default: the folder name); alone, the folder of models_dir to load"
+    )
     reason: str = Field(default="", max_length=2000, description="why, for the audit log")
 
 

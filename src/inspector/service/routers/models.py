@@ -1,4 +1,5 @@
-"""The served models: what is loaded, its calibrations, switching calibration and reloading, all at run time."""
+"""The served models: what is loaded, its calibrations, switching calibration, reloading, loading another recipe
+and unloading one, all at run time."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from inspector.calibration import Calibration, list_calibrations
 from inspector.calibration.store import is_stale, model_fingerprint
 from inspector.components.knn import NearestNeighbourIndex
 from inspector.service import auth
+from inspector.service.recipes import resolve_model_dir
 from inspector.service.registry import LoadedModel
 from inspector.service.routers import ActorDep, AuditDep, InspectorDep
-from inspector.service.schemas import ActivateCalibration, CalibrationInfo, ErrorBody, ModelInfo, ReloadRequest
+from inspector.service.schemas import (
+    ActivateCalibration,
+    CalibrationInfo,
+    ErrorBody,
+    LoadModelRequest,
+    ModelInfo,
+    ReloadRequest,
+)
 
 router = APIRouter(
     prefix="/v1/models",
@@ -27,6 +36,53 @@ router = APIRouter(
 @router.get("", response_model=list[ModelInfo])
 def list_models(inspector: InspectorDep) -> list[ModelInfo]:
     return [model_info(e) for e in inspector.registry.entries.values()]
+
+
+@router.post(
+    "",
+    response_model=ModelInfo,
+    status_code=201,
+    dependencies=[auth.operator],
+    responses={
+        400: {"model": ErrorBody, "description": "directory outside models_dir or invalid name"},
+        409: {"model": ErrorBody, "description": "a model of that name is loaded"},
+        507: {"model": ErrorBody, "description": "the model would take the loaded models over the memory budget"},
+    },
+)
+async def load_model(body: LoadModelRequest, inspector: InspectorDep, audit: AuditDep, actor: ActorDep) -> ModelInfo:
+    """Load, warm up and serve another model as a new recipe (the next recipe number), without a restart. Refused
+    before loading when its estimated size would exceed `model_memory_budget_mb`; the load is in the audit log
+    before it serves."""
+    spec = resolve_model_dir(inspector.settings.models_dir, body.dir, body.name)
+
+    def audit_load(entry: LoadedModel) -> None:
+        audit.append(
+            "model_load",
+            user=actor.user,
+            operator=actor.operator,
+            model=entry.name,
+            new=entry.version,
+            reason=body.reason or f"loaded from {entry.dir}",
+        )
+
+    entry = await run_in_threadpool(inspector.registry.add, spec, audit_load)
+    inspector.publish_models()
+    return model_info(entry)
+
+
+@router.delete(
+    "/{name}",
+    response_model=ModelInfo,
+    dependencies=[auth.operator],
+    responses={409: {"model": ErrorBody, "description": "the model is being reloaded"}},
+)
+def unload_model(name: str, inspector: InspectorDep, audit: AuditDep, actor: ActorDep, reason: str = "") -> ModelInfo:
+    """Stop serving a model: new requests naming it get 404, requests already admitted finish on it. Its recipe
+    number stays unused until a restart, so the PLC's numbers of the other models do not move."""
+    entry = inspector.registry.remove(name)
+    audit.append("model_unload", user=actor.user, operator=actor.operator, model=name, old=entry.version, reason=reason)
+    inspector.publish_models()
+    return model_info(entry)
 
 
 @router.get("/{name}", response_model=ModelInfo)
@@ -137,4 +193,6 @@ def model_info(e: LoadedModel) -> ModelInfo:
         calibrated=e.calibration is not None,
         calibration=calibration_info(e.calibration, True) if e.calibration else None,
         calibration_error=e.calibration_error,
+        resident_mb=round(e.resident_mb, 1),
+        estimated_mb=round(e.estimated_mb, 1),
     )

@@ -9,6 +9,7 @@ const PAGE = 100;
 const KINDS = {
   model_load: "Model loaded",
   model_reload: "Model reloaded",
+  model_unload: "Model unloaded",
   calibration: "Calibration",
   review_band: "Review band",
   recipe: "Recipe",
