@@ -1,13 +1,19 @@
-"""Small pieces the test modules share: a free loopback port, and a line link's health and metrics as the running
-service reports them (/readyz and /metrics)."""
+"""Small pieces the test modules share: a free loopback port, waiting for a started server, a line link's health
+and metrics as the running service reports them (/readyz and /metrics), and stand-in service controls for the
+link's sinks."""
 
 from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import time
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
+
+from inspector.link.result import LineStatus
 
 
 def free_port() -> int:
@@ -27,3 +33,36 @@ def link_metric(client: TestClient, name: str, kind: str) -> float:
     match = re.search(rf'^{name}\{{kind="{kind}",link="[^"]*"\}} (\S+)$', client.get("/metrics").text, re.M)
     assert match, name
     return float(match.group(1))
+
+
+class StubControls:
+    """The service as the line link sees it, for sinks tested without the service: a status the test may replace,
+    review bands recorded, and operator rights for `key` (for everyone when None, as a service without keys)."""
+
+    def __init__(self, recipes: tuple[str, ...] = ("synthetic",), key: str | None = None) -> None:
+        self.status = LineStatus("Operational", True, False, None, recipes, 0)
+        self.key = key
+        self.bands: dict[str, tuple[float, float] | None] = {}
+
+    def line_status(self) -> LineStatus:
+        return self.status
+
+    def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
+        self.bands[model] = band
+
+    def is_operator(self, key: str | None) -> bool:
+        return self.key is None or key == self.key
+
+
+def wait_ready(server: subprocess.Popen[bytes], url: str, timeout_s: float = 90) -> None:
+    """Until a started `inspector serve` answers /readyz 200; fails with its stderr if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+        assert time.monotonic() < deadline, f"{url} not ready after {timeout_s} s"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)

@@ -11,9 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from inspector.service.app import create_app
 from inspector.service.audit import AUDIT_DB, CSV_COLUMNS, AuditLog, AuditRecord, write_csv
 from inspector.service.config import ModelSpec, Settings, StoreSettings
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_ready
+from tests.test_service import running
 
 CAMERA, OPERATOR = "camera-audit-1", "operator-audit-2"
 AS_OPERATOR = {"X-API-Key": OPERATOR}
@@ -44,16 +41,6 @@ def settings_for(model_dir: Path, store_dir: Path, **keys: str) -> Settings:
         store=StoreSettings(dir=store_dir, min_free_disk_mb=0),
         **keys,  # type: ignore[arg-type]
     )
-
-
-@contextmanager
-def running(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.05)
-        yield client
 
 
 def entries(client: TestClient, **params: Any) -> list[dict[str, Any]]:
@@ -241,16 +228,7 @@ def test_every_acknowledged_change_is_in_the_log_after_kill_9(
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-            assert time.monotonic() < deadline
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(server, url)
         with httpx.Client(base_url=url, headers=AS_OPERATOR, timeout=30) as client:
             image = {"image": ("p.png", images["defect"].read_bytes())}
             record_id = client.post("/v1/inspect", files=image).raise_for_status().json()["id"]

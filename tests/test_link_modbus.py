@@ -22,11 +22,11 @@ from inspector.data import Dataset
 from inspector.link import registers as reg
 from inspector.link.hub import LinkHub
 from inspector.link.modbus import ModbusSink
-from inspector.link.result import VERDICT_CODES, LineResult, LineStatus
+from inspector.link.result import VERDICT_CODES, LineResult
 from inspector.link.settings import LinkSettings, ModbusSettings
 from inspector.link.sink import LinkError
 from inspector.service.config import ModelSpec, Settings, StoreSettings
-from tests.helpers import free_port
+from tests.helpers import StubControls, free_port
 from tests.test_service import running
 
 BUFFER = 3
@@ -383,20 +383,6 @@ def test_recipe_select_by_register_picks_the_model(line: Line, plc: ModbusTcpCli
 # ---- the sink alone ---------------------------------------------------------------------------------------------
 
 
-class Controls:
-    def __init__(self) -> None:
-        self.status = LineStatus("Operational", True, False, None, ("a",), 0)
-
-    def line_status(self) -> LineStatus:
-        return self.status
-
-    def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
-        raise NotImplementedError
-
-    def is_operator(self, key: str | None) -> bool:
-        return True
-
-
 def result(n: int, regions: tuple[Region, ...] = ()) -> LineResult:
     return LineResult(
         sequence=0,
@@ -423,7 +409,7 @@ def result(n: int, regions: tuple[Region, ...] = ()) -> LineResult:
 
 def test_without_handshake_the_block_shows_the_newest_result() -> None:
     port = free_port()
-    hub = LinkHub([ModbusSink("127.0.0.1", port, ModbusSettings(handshake=False))], Controls())
+    hub = LinkHub([ModbusSink("127.0.0.1", port, ModbusSettings(handshake=False))], StubControls(("a",)))
     hub.start()
     try:
         assert hub.health()[0].detail == "listening, no PLC connected"
@@ -458,7 +444,7 @@ def test_a_port_in_use_stops_the_start_with_a_clear_error() -> None:
         port = taken.getsockname()[1]
         sink = ModbusSink("127.0.0.1", port, ModbusSettings())
         with pytest.raises(LinkError, match=f"cannot listen on 127.0.0.1:{port}"):
-            LinkHub([sink], Controls()).start()
+            LinkHub([sink], StubControls(("a",))).start()
 
 
 # ---- inspector plc watch ----------------------------------------------------------------------------------------

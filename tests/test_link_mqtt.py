@@ -36,10 +36,9 @@ from pydantic import SecretStr
 from inspector.data import Dataset
 from inspector.link.hub import LinkHub
 from inspector.link.mqtt import OFFLINE, MqttSink, topic_level
-from inspector.link.result import LineStatus
 from inspector.link.settings import LinkSettings, MqttSettings
 from inspector.link.sink import LinkError
-from tests.helpers import free_port, link_health, link_metric
+from tests.helpers import StubControls, free_port, link_health, link_metric
 from tests.test_service import running, settings_for
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -131,19 +130,6 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-class Controls:
-    """The service as the hub sees it, for sinks tested without the service."""
-
-    def line_status(self) -> LineStatus:
-        return LineStatus("Operational", True, False, None, ("synthetic",), 0)
-
-    def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
-        raise NotImplementedError
-
-    def is_operator(self, key: str | None) -> bool:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +305,7 @@ def test_broker_outage_fails_no_inspection_and_the_queue_is_delivered_after_reco
 def test_a_dead_broker_at_start_up_neither_blocks_nor_stops_the_service(tmp_path: Path) -> None:
     sink = MqttSink(MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}/plant1", reconnect_max_s=1))
     started = time.perf_counter()
-    sink.start(LinkHub([sink], Controls()))
+    sink.start(LinkHub([sink], StubControls()))
     try:
         assert time.perf_counter() - started < 0.5
         wait_for(lambda: "cannot connect to broker" in sink.health().detail, what="connect failure reported")
@@ -377,7 +363,7 @@ def test_mqtts_checks_the_broker_certificate_and_logs_in_with_the_password(tmp_p
     good = MqttSink(MqttSettings(url=url, password=SecretStr("s3cret"), ca_file=ca, client_id="tls-good"))
     wrong = MqttSink(MqttSettings(url=url, password=SecretStr("guess"), ca_file=ca, client_id="tls-wrong"))
     untrusted = MqttSink(MqttSettings(url=url, password=SecretStr("s3cret"), client_id="tls-untrusted"))
-    hub = LinkHub([good, wrong, untrusted], Controls())
+    hub = LinkHub([good, wrong, untrusted], StubControls())
     try:
         hub.start()
         wait_for(lambda: good.health().up, what="TLS connection with the password")

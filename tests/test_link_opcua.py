@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,10 @@ from fastapi.testclient import TestClient
 from inspector.link.hub import LinkHub
 from inspector.link.opcua import OpcUaSink
 from inspector.link.opcua_model import INSPECTOR_NS, MV_NS, node_id
-from inspector.link.result import LineResult, LineStatus, MachineState
+from inspector.link.result import LineResult, MachineState
 from inspector.link.settings import LinkSettings, OpcUaSettings
 from inspector.link.sink import LinkError
-from tests.helpers import free_port
+from tests.helpers import StubControls, free_port
 from tests.test_service import running, settings_for
 
 NODESET = Path(__file__).resolve().parents[2] / "shared" / "opcua" / "Opc.Ua.MachineVision.NodeSet2.xml"
@@ -358,29 +358,10 @@ def line_result() -> LineResult:
     )
 
 
-class Controls:
-    """The service as the link sees it, with a state the test sets."""
-
-    def __init__(self, key: str | None = None) -> None:
-        self.key = key
-        self.state: MachineState = "Operational"
-        self.error: str | None = None
-        self.bands: dict[str, tuple[float, float] | None] = {}
-
-    def line_status(self) -> LineStatus:
-        return LineStatus(self.state, True, False, self.error, ("a", "b"), 0)
-
-    def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
-        self.bands[model] = band
-
-    def is_operator(self, key: str | None) -> bool:
-        return self.key is None or key == self.key
-
-
 @pytest.fixture
 def started() -> Iterator[tuple[LinkHub, int]]:
     port = free_port()
-    hub = LinkHub([OpcUaSink("127.0.0.1", port, OpcUaSettings())], Controls())
+    hub = LinkHub([OpcUaSink("127.0.0.1", port, OpcUaSettings())], StubControls(("a", "b")))
     hub.start()
     try:
         yield hub, port
@@ -391,7 +372,7 @@ def started() -> Iterator[tuple[LinkHub, int]]:
 def test_the_state_variable_follows_the_service(started: tuple[LinkHub, int]) -> None:
     hub, port = started
     controls = hub.controls
-    assert isinstance(controls, Controls)
+    assert isinstance(controls, StubControls)
 
     async def check() -> None:
         async with Client(url(port)) as client:
@@ -402,7 +383,7 @@ def test_the_state_variable_follows_the_service(started: tuple[LinkHub, int]) ->
                 ("Operational", None),
             ]
             for state, error in changes:
-                controls.state, controls.error = state, error
+                controls.status = replace(controls.status, state=state, error=error)
                 assert await eventually(partial(tree.is_in, state)), f"CurrentState never became {state}"
                 assert await tree.read("Inspector", "State") == state
                 assert await tree.read("Inspector", "Error") == (error or "")
@@ -425,7 +406,7 @@ def test_without_keys_every_client_is_operator(started: tuple[LinkHub, int]) -> 
 
     asyncio.run(check())
     assert hub.selected_model == "b"
-    assert isinstance(hub.controls, Controls) and hub.controls.bands == {"b": (0.9, 1.1)}
+    assert isinstance(hub.controls, StubControls) and hub.controls.bands == {"b": (0.9, 1.1)}
     health = hub.health()[0]
     assert health.up and health.kind == "opcua" and f":{port}" in health.detail
 
@@ -437,7 +418,7 @@ def test_a_taken_port_stops_the_start_with_a_clear_error() -> None:
         port = taken.getsockname()[1]
         sink = OpcUaSink("127.0.0.1", port, OpcUaSettings())
         with pytest.raises(LinkError, match=f"cannot listen on 127.0.0.1:{port}"):
-            sink.start(LinkHub([sink], Controls()))
+            sink.start(LinkHub([sink], StubControls(("a", "b"))))
     assert not sink.health().up
     sink.publish(line_result())  # a sink that is not running counts the result as failed, and never raises
     assert sink.health().failed == 1
@@ -459,7 +440,7 @@ def test_a_missing_or_foreign_nodeset_stops_the_start(tmp_path: Path) -> None:
     for nodeset, message in ((tmp_path / "missing.xml", "is not a file"), (foreign, "cannot build the address space")):
         sink = OpcUaSink("127.0.0.1", free_port(), OpcUaSettings(nodeset=nodeset))
         with pytest.raises(LinkError, match=message):
-            sink.start(LinkHub([sink], Controls()))
+            sink.start(LinkHub([sink], StubControls(("a", "b"))))
         assert not sink.health().up
 
 
@@ -478,7 +459,7 @@ def test_certificate_problems_stop_the_start(tmp_path: Path) -> None:
         settings = OpcUaSettings(security="basic256sha256", certificate=certificate, private_key=private_key)
         sink = OpcUaSink("127.0.0.1", free_port(), settings)
         with pytest.raises(LinkError, match=message):
-            sink.start(LinkHub([sink], Controls()))
+            sink.start(LinkHub([sink], StubControls(("a", "b"))))
 
 
 def test_basic256sha256_accepts_a_client_with_the_same_policy(tmp_path: Path) -> None:
@@ -486,7 +467,7 @@ def test_basic256sha256_accepts_a_client_with_the_same_policy(tmp_path: Path) ->
     client_cert, client_key = make_certificate(tmp_path, "client", "urn:test:client", ExtendedKeyUsageOID.CLIENT_AUTH)
     port = free_port()
     settings = OpcUaSettings(security="basic256sha256", certificate=cert, private_key=key)
-    hub = LinkHub([OpcUaSink("127.0.0.1", port, settings)], Controls(key=OPERATOR_KEY))
+    hub = LinkHub([OpcUaSink("127.0.0.1", port, settings)], StubControls(("a", "b"), key=OPERATOR_KEY))
     hub.start()
 
     async def check() -> None:

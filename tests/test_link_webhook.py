@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 from inspector.components.regions import Region
 from inspector.data import Dataset
 from inspector.link.hub import LinkHub
-from inspector.link.result import LineResult, LineStatus
+from inspector.link.result import LineResult
 from inspector.link.settings import LinkSettings, WebhookSettings
 from inspector.link.sink import LinkError
 from inspector.link.webhook import STOP_DRAIN_S, WebhookSink
-from tests.helpers import link_health, link_metric
+from tests.helpers import StubControls, link_health, link_metric
 from tests.test_service import running, settings_for
 
 
@@ -82,17 +82,6 @@ def endpoint() -> Iterator[Endpoint]:
     e.close()
 
 
-class Controls:
-    def line_status(self) -> LineStatus:
-        return LineStatus("Operational", True, False, None, ("synthetic",), 0)
-
-    def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
-        raise NotImplementedError
-
-    def is_operator(self, key: str | None) -> bool:
-        return True
-
-
 def result(sequence: int) -> LineResult:
     return LineResult(
         sequence=sequence,
@@ -119,7 +108,7 @@ def result(sequence: int) -> LineResult:
 
 def started(url: str, **settings: Any) -> WebhookSink:
     sink = WebhookSink(url, WebhookSettings(urls=[url], **settings))
-    sink.start(LinkHub([sink], Controls()))
+    sink.start(LinkHub([sink], StubControls()))
     return sink
 
 
