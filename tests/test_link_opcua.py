@@ -21,12 +21,12 @@ from asyncua import Client, Node, ua
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi.testclient import TestClient
 
 from inspector.link.hub import LinkHub
-from inspector.link.opcua import OpcUaSink
+from inspector.link.opcua import ClientTrust, OpcUaSink, OperatorUsers, trust_store
 from inspector.link.opcua_model import INSPECTOR_NS, MV_NS, node_id
 from inspector.link.result import LineResult, MachineState
 from inspector.link.settings import LinkSettings, OpcUaSettings
@@ -462,13 +462,14 @@ def test_certificate_problems_stop_the_start(tmp_path: Path) -> None:
             sink.start(LinkHub([sink], StubControls(("a", "b"))))
 
 
-def test_basic256sha256_accepts_a_client_with_the_same_policy(tmp_path: Path) -> None:
+def test_basic256sha256_accepts_a_client_with_the_same_policy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cert, key = make_certificate(tmp_path, "server", "urn:test:inspector", ExtendedKeyUsageOID.SERVER_AUTH)
     client_cert, client_key = make_certificate(tmp_path, "client", "urn:test:client", ExtendedKeyUsageOID.CLIENT_AUTH)
     port = free_port()
     settings = OpcUaSettings(security="basic256sha256", certificate=cert, private_key=key)
     hub = LinkHub([OpcUaSink("127.0.0.1", port, settings)], StubControls(("a", "b"), key=OPERATOR_KEY))
     hub.start()
+    assert any("any client certificate is accepted" in r.getMessage() for r in caplog.records)  # no trust list
 
     async def check() -> None:
         client = Client(url(port))
@@ -493,3 +494,83 @@ def test_basic256sha256_accepts_a_client_with_the_same_policy(tmp_path: Path) ->
         asyncio.run(check())
     finally:
         hub.stop()
+
+
+async def secure_client(port: int, cert: Path, key: Path, uri: str) -> Client:
+    client = Client(url(port))
+    client.application_uri = uri
+    await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
+    return client
+
+
+def test_trusted_clients_admit_only_the_certificates_in_the_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = make_certificate(tmp_path, "server", "urn:test:inspector", ExtendedKeyUsageOID.SERVER_AUTH)
+    known_cert, known_key = make_certificate(tmp_path, "known", "urn:test:known", ExtendedKeyUsageOID.CLIENT_AUTH)
+    stranger_cert, stranger_key = make_certificate(
+        tmp_path, "stranger", "urn:test:stranger", ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    known = x509.load_pem_x509_certificate(known_cert.read_bytes())
+    (trusted / "line-plc.crt").write_bytes(known.public_bytes(serialization.Encoding.DER))  # any name, DER or PEM
+    port = free_port()
+    settings = OpcUaSettings(security="basic256sha256", certificate=cert, private_key=key, trusted_clients=trusted)
+    hub = LinkHub([OpcUaSink("127.0.0.1", port, settings)], StubControls(("a", "b"), key=OPERATOR_KEY))
+    hub.start()
+
+    async def check() -> None:
+        async with await secure_client(port, known_cert, known_key, "urn:test:known") as client:
+            tree = await Tree.of(client)
+            assert await tree.state() == "Operational"
+            with pytest.raises(ua.uaerrors.BadCertificateUntrusted):
+                async with await secure_client(port, stranger_cert, stranger_key, "urn:test:stranger"):
+                    pass
+            assert await tree.read("Inspector", "Recipes") == ["a", "b"]  # the trusted client goes on
+        async with await secure_client(port, known_cert, known_key, "urn:test:known") as again:
+            assert await (await Tree.of(again)).state() == "Operational"
+
+    try:
+        asyncio.run(check())
+    finally:
+        hub.stop()
+    stranger = x509.load_pem_x509_certificate(stranger_cert.read_bytes())
+    thumbprint = stranger.fingerprint(hashes.SHA1()).hex()
+    refusals = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and thumbprint in r.getMessage()]
+    assert len(refusals) == 1 and "BadCertificateUntrusted" in refusals[0] and "CN=stranger" in refusals[0]
+    assert not any("any client certificate is accepted" in r.getMessage() for r in caplog.records)
+
+
+def test_a_session_on_an_untrusted_channel_is_refused_at_activation(tmp_path: Path) -> None:
+    """A client may leave its certificate out of CreateSession; the secure channel's one is checked at activation."""
+    known_cert, _ = make_certificate(tmp_path, "known", "urn:test:known", ExtendedKeyUsageOID.CLIENT_AUTH)
+    stranger_cert, _ = make_certificate(tmp_path, "stranger", "urn:test:stranger", ExtendedKeyUsageOID.CLIENT_AUTH)
+    known, stranger = (x509.load_pem_x509_certificate(p.read_bytes()) for p in (known_cert, stranger_cert))
+    trust = ClientTrust(tmp_path, asyncio.run(trust_store([known])))
+    users = OperatorUsers(LinkHub([], StubControls(("a",))), trust)
+    der = serialization.Encoding.DER
+    assert users.get_user(None, certificate=known.public_bytes(der)) is not None  # type: ignore[arg-type]
+    assert users.get_user(None, certificate=stranger.public_bytes(der)) is None  # type: ignore[arg-type]
+    assert users.get_user(None, certificate=None) is None  # type: ignore[arg-type]
+
+
+def test_trusted_clients_problems_stop_the_start(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, "server", "urn:test:server", ExtendedKeyUsageOID.SERVER_AUTH)
+    empty, bad = tmp_path / "empty", tmp_path / "bad"
+    empty.mkdir()
+    bad.mkdir()
+    (bad / "server.pem").write_bytes(cert.read_bytes())
+    (bad / "notes.txt").write_text("not a certificate")
+    for folder, message in (
+        (bad, f"certificate {bad / 'notes.txt'} is not a PEM or DER"),
+        (empty, "holds no certificate"),
+        (tmp_path / "missing", "cannot read links.opcua.trusted_clients"),
+    ):
+        settings = OpcUaSettings(security="basic256sha256", certificate=cert, private_key=key, trusted_clients=folder)
+        sink = OpcUaSink("127.0.0.1", free_port(), settings)
+        with pytest.raises(LinkError, match=message):
+            sink.start(LinkHub([sink], StubControls(("a", "b"))))
+        assert not sink.health().up
+    with pytest.raises(ValueError, match="trusted_clients needs security basic256sha256"):
+        OpcUaSettings(trusted_clients=empty)

@@ -9,6 +9,9 @@ Rights: anyone may connect anonymously, browse, read and subscribe. SelectRecipe
 operator: user name `operator` with the service's operator key as password (a service without keys lets every
 client call them). A user name with a wrong password is refused at session activation; a call without operator
 rights is refused as a whole with BadUserAccessDenied.
+
+Applications: with basic256sha256 and `trusted_clients`, only a client whose certificate is in that folder gets a
+session (asyncua's CertificateValidator with a TrustStore); a refusal is logged with the certificate's thumbprint.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asyncua import Server, ua
-from asyncua.common.utils import Buffer
+from asyncua.common.utils import Buffer, ServiceError
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from inspector import __version__
@@ -49,17 +55,59 @@ STATUS_PERIOD_S = 0.5
 START_TIMEOUT_S = 60.0  # importing the NodeSet takes a few seconds on a small line box
 _CALL = node_id(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
 _BAD = ua.StatusCodes
+# asyncua's default checks (validity dates, application URI in the certificate) and the trust list
+CLIENT_CHECKS = CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED
+
+
+class ClientTrust:
+    """The trusted client certificates. asyncua checks the certificate a client sends with CreateSession; the
+    secure channel's certificate is checked again at activation, as a client may leave that one out."""
+
+    def __init__(self, folder: Path, store: TrustStore) -> None:
+        self.folder = folder
+        self.store = store
+        self.validator = CertificateValidator(CLIENT_CHECKS, store)
+
+    async def validate(self, certificate: x509.Certificate, client: ua.ApplicationDescription) -> None:
+        try:
+            await self.validator.validate(certificate, client)
+        except ServiceError as exc:
+            self.refused(certificate, ua.StatusCode(ua.UInt32(exc.code)).name, client.ApplicationUri)
+            raise
+
+    def channel_trusted(self, der: bytes | None) -> bool:
+        if der is None:
+            log.warning("OPC UA session refused: the secure channel has no client certificate")
+            return False
+        certificate = x509.load_der_x509_certificate(der)
+        if self.store.validate(certificate):
+            return True
+        self.refused(certificate, "BadUserAccessDenied", None)
+        return False
+
+    def refused(self, certificate: x509.Certificate, status: str, uri: str | None) -> None:
+        log.warning(
+            "OPC UA client %s refused (%s): certificate %s, thumbprint %s; to trust it, copy it into %s",
+            uri or "?",
+            status,
+            certificate.subject.rfc4514_string(),
+            certificate.fingerprint(hashes.SHA1()).hex(),  # the OPC UA thumbprint is SHA-1
+            self.folder,
+        )
 
 
 class OperatorUsers(UserManager):
     """Anonymous clients read; `operator` with the operator key may also call the operator methods."""
 
-    def __init__(self, hub: LinkHub) -> None:
+    def __init__(self, hub: LinkHub, trust: ClientTrust | None) -> None:
         self.hub = hub
+        self.trust = trust
 
     def get_user(
         self, iserver: InternalServer, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
+        if self.trust is not None and not self.trust.channel_trusted(certificate):
+            return None
         if self.hub.is_operator(None):  # a service without keys: a test bench, where every client may act
             return User(role=UserRole.User, name=OPERATOR)
         if username is None:
@@ -114,14 +162,17 @@ class OpcUaSink(Sink):
 
     def start(self, hub: LinkHub) -> None:
         logging.getLogger("asyncua").setLevel(logging.ERROR)  # it logs every request at INFO, and much at WARNING
+        logging.getLogger("asyncuagds.validate").setLevel(logging.CRITICAL)  # a traceback per untrusted client
         self._hub = hub
         credentials = self._credentials()
+        trusted = self.settings.trusted_clients
+        certificates = load_trusted_clients(trusted) if trusted is not None and credentials is not None else None
         nodeset = self.settings.nodeset
         if nodeset is not None and not Path(nodeset).is_file():
             raise LinkError(f"{self.name}: links.opcua.nodeset {nodeset} is not a file")
         thread = LoopThread(f"opcua-{self.port}")
         try:
-            thread.run(self._open(hub, credentials), timeout=START_TIMEOUT_S)
+            thread.run(self._open(hub, credentials, certificates), timeout=START_TIMEOUT_S)
         except TimeoutError as exc:
             thread.stop()
             raise LinkError(f"{self.name}: the server did not start within {START_TIMEOUT_S:g} s") from exc
@@ -135,6 +186,10 @@ class OpcUaSink(Sink):
                 "%s: security none sends the operator password in clear text; use basic256sha256 on a shared network",
                 self.name,
             )
+        if credentials is not None and certificates is None:
+            log.warning("%s: any client certificate is accepted; set links.opcua.trusted_clients", self.name)
+        elif certificates is not None:
+            log.info("%s: %d trusted client certificate(s) from %s", self.name, len(certificates), trusted)
 
     def stop(self) -> None:
         thread, self._thread = self._thread, None
@@ -174,8 +229,16 @@ class OpcUaSink(Sink):
 
     # ---- on the loop ----------------------------------------------------------------------------------------------
 
-    async def _open(self, hub: LinkHub, credentials: tuple[x509.Certificate, PrivateKeyTypes] | None) -> None:
-        server = Server(user_manager=OperatorUsers(hub))
+    async def _open(
+        self,
+        hub: LinkHub,
+        credentials: tuple[x509.Certificate, PrivateKeyTypes] | None,
+        trusted: list[x509.Certificate] | None,
+    ) -> None:
+        trust = None
+        if trusted is not None and self.settings.trusted_clients is not None:
+            trust = ClientTrust(self.settings.trusted_clients, await trust_store(trusted))
+        server = Server(user_manager=OperatorUsers(hub, trust))
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(self.settings.server_name)
@@ -197,6 +260,8 @@ class OpcUaSink(Sink):
                 format="der",
             )
             policies = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+            if trust is not None:
+                server.set_certificate_validator(trust.validate)
         nodeset = self.settings.nodeset
         try:
             space = await build(server, nodeset, self.settings.server_name, self._select_recipe, self._set_review_band)
@@ -348,6 +413,28 @@ def load_private_key(path: Path) -> PrivateKeyTypes:
         return serialization.load_der_private_key(data, password=None)
     except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
         raise LinkError(f"private key {path} is not an unencrypted PEM or DER key: {exc}") from exc
+
+
+def load_trusted_clients(folder: Path) -> list[x509.Certificate]:
+    """Every file in the folder must be a certificate: a bad one stops the start rather than lock a client out."""
+    try:
+        files = sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and not p.is_dir())
+    except OSError as exc:
+        raise LinkError(f"cannot read links.opcua.trusted_clients {folder}: {exc.strerror or exc}") from exc
+    if not files:
+        raise LinkError(f"links.opcua.trusted_clients {folder} holds no certificate: no client could connect")
+    return [load_certificate(path) for path in files]
+
+
+async def trust_store(certificates: list[x509.Certificate]) -> TrustStore:
+    """asyncua's TrustStore reads only files named .der or .pem from its folders: write the certificates to such a
+    folder, so the configured one may name its files as the integrator likes."""
+    with tempfile.TemporaryDirectory(prefix="inspector-trust-") as folder:
+        for number, certificate in enumerate(certificates):
+            (Path(folder) / f"{number}.der").write_bytes(certificate.public_bytes(serialization.Encoding.DER))
+        store = TrustStore([Path(folder)], [])
+        await store.load()
+    return store
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 def _split(value: Any) -> Any:
@@ -51,7 +51,19 @@ class OpcUaSettings(BaseModel):
     )
     certificate: Path | None = Field(default=None, description="server certificate (DER or PEM), for basic256sha256")
     private_key: Path | None = Field(default=None, description="server private key (PEM), for basic256sha256")
+    trusted_clients: Path | None = Field(
+        default=None,
+        description="folder of trusted client certificates (DER or PEM), for basic256sha256: a client whose "
+        "certificate is not there is refused; without it any client certificate is accepted",
+    )
     server_name: str = Field(default="inspector", description="the server's application name")
+
+    @model_validator(mode="after")
+    def _trust_needs_security(self) -> OpcUaSettings:
+        """A trust list under security none would check nothing: refuse it rather than look protected."""
+        if self.trusted_clients is not None and self.security == "none":
+            raise ValueError("trusted_clients needs security basic256sha256 (security none has no client certificate)")
+        return self
 
 
 class MqttSettings(BaseModel):
