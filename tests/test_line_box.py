@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 
 from inspector.cli.arguments import FIT_EXTRA
 from inspector.data import Dataset
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_ready
 
 CAMERA, OPERATOR = "line-camera-key", "line-operator-key"
 
@@ -62,16 +61,7 @@ def test_the_line_box_serves_a_model_fitted_with_the_training_stack(
     server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.communicate()[1].decode()[-3000:]
-            assert time.monotonic() < deadline, "the service never became ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(server, url, timeout_s=120)
         defect = next(s.path for s in dataset.test() if s.is_defect)
         headers = {"X-API-Key": CAMERA}
         assert httpx.post(f"{url}/v1/inspect", files={"image": ("p.png", defect.read_bytes())}).status_code == 401

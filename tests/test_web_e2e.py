@@ -32,6 +32,7 @@ from inspector.models.estimators import PatchCore
 from inspector.service.app import DEFAULT_WEB_DIR, create_app
 from inspector.service.config import ModelSpec, Settings, StoreSettings
 from inspector.service.server import Server
+from tests.helpers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -313,9 +314,7 @@ def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp
 def test_a_dead_line_link_shows_on_the_page_and_never_fails_an_inspection(
     browser: Any, service: Service, tmp_path: Path
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on: the MES endpoint is down
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/results"
+    dead = f"http://127.0.0.1:{free_port()}/results"  # a port nobody listens on: the MES endpoint is down
     settings = Settings(
         models=[ModelSpec(dir=service.model_dir)],
         warmup_runs=0,
