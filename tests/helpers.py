@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -47,6 +48,9 @@ class StubControls:
     def line_status(self) -> LineStatus:
         return self.status
 
+    def recipes(self) -> tuple[str, ...]:
+        return self.status.recipes
+
     def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
         self.bands[model] = band
 
@@ -66,3 +70,12 @@ def wait_ready(server: subprocess.Popen[bytes], url: str, timeout_s: float = 90)
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.02)
+    return value

@@ -38,7 +38,7 @@ from inspector.link.hub import LinkHub
 from inspector.link.mqtt import OFFLINE, MqttSink, topic_level
 from inspector.link.settings import LinkSettings, MqttSettings
 from inspector.link.sink import LinkError
-from tests.helpers import StubControls, free_port, link_health, link_metric
+from tests.helpers import StubControls, free_port, link_health, link_metric, wait_for
 from tests.test_service import running, settings_for
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -141,14 +141,6 @@ def inspect(client: TestClient, image: bytes, **params: str) -> dict[str, Any]:
     r = client.post("/v1/inspect", files={"image": ("part.png", image, "image/png")}, params=params)
     assert r.status_code == 200, r.text
     return dict(r.json())
-
-
-def wait_for(condition: Any, timeout: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.05)
-    return value
 
 
 # ---- results and status -----------------------------------------------------------------------------------------

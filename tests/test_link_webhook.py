@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 from pathlib import Path
@@ -26,6 +27,7 @@ from inspector.link.settings import LinkSettings, WebhookSettings
 from inspector.link.sink import LinkError
 from inspector.link.webhook import STOP_DRAIN_S, WebhookSink
 from tests.helpers import StubControls, link_health, link_metric
+from tests.helpers import wait_for as wait_for_value
 from tests.test_service import running, settings_for
 
 
@@ -112,12 +114,7 @@ def started(url: str, **settings: Any) -> WebhookSink:
     return sink
 
 
-def wait_for(condition: Any, timeout: float = 15, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.02)
-    return value
+wait_for = partial(wait_for_value, timeout=15)  # retries with backoff take longer than a broker's round trip
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,10 @@ class LineControls(Protocol):
         """The service's state now (`selected_recipe` is filled in by the hub)."""
         ...
 
+    def recipes(self) -> tuple[str, ...]:
+        """The served model names; recipe number n is recipes[n - 1] ("": unloaded). Cheap: asked per request."""
+        ...
+
     def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
         """Change the review band of a model's active calibration at run time (raises `InspectorError`)."""
         ...
@@ -103,12 +107,12 @@ class LinkHub:
 
     def recipe_number(self, model: str) -> int:
         """The 1-based recipe number of a served model (0 if it is not served)."""
-        recipes = self.controls.line_status().recipes
+        recipes = self.controls.recipes()
         return recipes.index(model) + 1 if model in recipes else 0
 
     def select_recipe(self, recipe: int | str) -> str:
         """Use this model when the camera names none; by number (1-based) or name; 0 clears the selection."""
-        recipes = self.controls.line_status().recipes
+        recipes = self.controls.recipes()
         if isinstance(recipe, str):
             if not recipe or recipe not in recipes:
                 raise UnknownRecipe(f"recipe {recipe!r} is not served (served: {', '.join(recipes)})")
@@ -131,7 +135,7 @@ class LinkHub:
     def selected_model(self) -> str | None:
         """The model the PLC selected, for requests that name none."""
         number = self._selected
-        recipes = self.controls.line_status().recipes
+        recipes = self.controls.recipes()
         return (recipes[number - 1] or None) if 0 < number <= len(recipes) else None
 
     def set_next_ids(self, part_id: str | None = None, meas_id: str | None = None) -> None:

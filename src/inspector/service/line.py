@@ -70,9 +70,12 @@ class ServiceControls:
             models_loaded=registry.ready,
             busy=self.inspector.queue.in_flight > 0,
             error=error,
-            recipes=tuple(name or "" for name in registry.recipes),
+            recipes=self.recipes(),
             selected_recipe=0,
         )
+
+    def recipes(self) -> tuple[str, ...]:
+        return tuple(name or "" for name in self.inspector.registry.recipes)
 
     def set_review_band(self, model: str, band: tuple[float, float] | None) -> None:
         """Only an operator's OPC UA session reaches this (the link checks), hence the audit log's user."""

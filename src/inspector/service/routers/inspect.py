@@ -76,10 +76,11 @@ async def inspect(
     the result was handed to the line links (PLC, MQTT, webhooks). Without `model`, the recipe the PLC selected
     is used; without `part_id`/`meas_id`, the ids the PLC wrote for the next part."""
     arrived = time.perf_counter()
-    inspector.admissible(model or links.selected_model)  # refuse before reading the body when the answer is known
+    selected = links.selected_model  # the PLC's recipe, for a request that names no model
+    inspector.admissible(model or selected)  # refuse before reading the body when the answer is known
     data, fields = await read_image(request, inspector.settings.max_image_bytes)
     plc_part_id, plc_meas_id = links.take_next_ids()  # meant for this part, whatever the camera sends
-    model = model or fields.get("model") or links.selected_model
+    model = model or fields.get("model") or selected
     meta = {"part_id": part_id, "meas_id": meas_id, "line": line, "camera": camera}
     meta = {k: v or fields.get(k) for k, v in meta.items()}
     meta["part_id"] = meta["part_id"] or plc_part_id
