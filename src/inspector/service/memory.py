@@ -1,10 +1,10 @@
 """The memory a model takes: measured (RSS growth across its load and warm-up) and estimated before loading (its
 file sizes), and the budget check that refuses a load rather than let the kernel OOM-kill the whole service.
 
-Measured on PatchCore models (2 cores, CPU): the first model loaded grows RSS by ~30 MiB more than its files
-(onnxruntime's and FAISS's one-time set-up), each further one by 1.8-2.5x its file sizes (4.6 MiB of files: 8-12
-MiB; 21.9 MiB: 40-44 MiB); a load can also read 0 when it reuses memory freed earlier. So the budget counts a
-loaded model at the larger of the two, and a model not yet loaded at its file sizes: set the budget with margin.
+The file sizes underestimate what a model takes once loaded, and the measured growth includes onnxruntime's and
+FAISS's one-time set-up for the first model or reads low when a load reuses freed memory (docs/benchmarks.md, "A
+model's memory"). So the budget counts a loaded model at the larger of the two, and a model not yet loaded at its
+file sizes: set the budget with margin.
 """
 
 from __future__ import annotations
