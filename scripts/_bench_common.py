@@ -394,3 +394,39 @@ def forward_stage_ms(
         for handle in handles:
             handle.remove()
     return {k: float(np.median([r[k] for r in rows])) * 1e3 for k in rows[0]}
+
+
+def start_service(
+    command: Sequence[str], log: Path, url: str, env: dict[str, str] | None = None, timeout_s: float = 180
+):
+    """Start `inspector serve` (`command`) with its output appended to `log`; return the process once `url`'s
+    /readyz answers 200, or exit naming the log when it dies or is not ready in time."""
+    import subprocess
+
+    import httpx
+
+    with open(log, "ab") as out:
+        server = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, env=env or dict(os.environ))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the service exited with {server.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    server.kill()
+    raise SystemExit(f"the service was not ready after {timeout_s:g} s; see {log}")
+
+
+def stop_service(server: Any) -> None:
+    """Stop a started service as Ctrl-C does (it finishes admitted inspections), killing it after 30 s."""
+    import subprocess
+
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()

@@ -23,7 +23,6 @@ import glob
 import json
 import logging
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -37,11 +36,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from _bench_common import load_average, machine_info, markdown_table, write_json
+from _bench_common import DEFAULT_DATA_ROOT, load_average, machine_info, markdown_table, stop_service, write_json
 from inspector.link.registers import BY_NAME, READ_END, VERDICT_NAMES, decode, to_words
 from load_test import cpu_seconds, free_port, start_server
 
-DEFAULT_IMAGES = "/work/shared/datasets/magnetic_tile/test/*/*.jpg"
+DEFAULT_IMAGES = str(DEFAULT_DATA_ROOT / "magnetic_tile" / "test" / "*" / "*.jpg")
 ACK = BY_NAME["ack_sequence"]
 
 
@@ -116,11 +115,7 @@ def service(args: argparse.Namespace, work: Path, links: list[str]) -> Iterator[
     try:
         yield f"http://127.0.0.1:{port}", server
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_service(server)
 
 
 # ---- the camera ---------------------------------------------------------------------------------------------------

@@ -37,9 +37,10 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
+from _bench_common import DEFAULT_DATA_ROOT, start_service, stop_service
 from inspector.service.store import StoreReader
 
-DEFAULT_IMAGES = "/work/shared/datasets/magnetic_tile/test/*/*.jpg"
+DEFAULT_IMAGES = str(DEFAULT_DATA_ROOT / "magnetic_tile" / "test" / "*" / "*.jpg")
 MAX_OUTSTANDING = 512
 
 
@@ -139,21 +140,8 @@ def start_server(args: argparse.Namespace, store: Path, port: int, extra: Sequen
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     cmd += extra
-    log = open(store.parent / f"server-{port}.log", "ab")  # noqa: SIM115 (lives as long as the server)
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "INSPECTOR_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    server.kill()
-    raise SystemExit("server not ready after 180 s")
+    env = {**os.environ, "INSPECTOR_OFFLINE": "1"}
+    return start_service(cmd, store.parent / f"server-{port}.log", f"http://127.0.0.1:{port}", env)
 
 
 @contextmanager
@@ -175,11 +163,7 @@ def server_for(args: argparse.Namespace):
         yield f"http://127.0.0.1:{port}", (server, store, port)
     finally:
         if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_service(server)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,17 +1,24 @@
 """Small pieces the test modules share: a free loopback port, waiting for a started server, a line link's health
-and metrics as the running service reports them (/readyz and /metrics), and stand-in service controls for the
-link's sinks."""
+and metrics as the running service reports them (/readyz and /metrics), stand-in service controls for the
+link's sinks, and a throwaway CA with a server certificate for the TLS tests."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
 from inspector.link.result import LineStatus
@@ -79,3 +86,38 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10, what: str = "") 
         assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(0.02)
     return value
+
+
+def certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: CA, certificate, key (PEM files)."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test plant CA")])
+    now = datetime.now(UTC)
+
+    def certificate(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+        )
+
+    ca = (
+        certificate(ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key())
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    private = serialization.PrivateFormat.TraditionalOpenSSL
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, private, serialization.NoEncryption()))
+    return paths

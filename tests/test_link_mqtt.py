@@ -8,7 +8,6 @@ outage fails no inspection and loses only what the bounded queue cannot hold.
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import json
 import queue
 import shutil
@@ -19,16 +18,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
@@ -38,7 +32,7 @@ from inspector.link.hub import LinkHub
 from inspector.link.mqtt import OFFLINE, MqttSink, topic_level
 from inspector.link.settings import LinkSettings, MqttSettings
 from inspector.link.sink import LinkError
-from tests.helpers import StubControls, free_port, link_health, link_metric, wait_for
+from tests.helpers import StubControls, certificates, free_port, link_health, link_metric, wait_for
 from tests.test_service import running, settings_for
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -157,7 +151,7 @@ def test_each_inspection_is_one_qos1_message_with_its_values(
             assert online.qos == 1
             status = json.loads(online.payload)
             assert status["status"] == "online"
-            assert (status["models_loaded"], status["recipes"]) == (True, ["synthetic"])
+            assert (status["models_loaded"], status["recipes"], status["drift"]) == (True, ["synthetic"], False)
 
             answer = inspect(client, defect, part_id="P-17", meas_id="M-9", camera="cam/2+#")
             msg = sub.next("plant1/L3/cam_2__/result")  # no line in the request: the configured one
@@ -306,41 +300,6 @@ def test_a_dead_broker_at_start_up_neither_blocks_nor_stops_the_service(tmp_path
         started = time.perf_counter()
         sink.stop()
         assert time.perf_counter() - started < 3  # stop does not wait out the reconnect loop
-
-
-def certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: CA, certificate, key (PEM files)."""
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test plant CA")])
-    now = datetime.now(UTC)
-
-    def certificate(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
-        )
-
-    ca = (
-        certificate(ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server = (
-        certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key())
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    private = serialization.PrivateFormat.TraditionalOpenSSL
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, private, serialization.NoEncryption()))
-    return paths
 
 
 def test_mqtts_checks_the_broker_certificate_and_logs_in_with_the_password(tmp_path: Path) -> None:

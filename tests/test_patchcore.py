@@ -138,3 +138,20 @@ def test_unfitted_model_and_empty_training_set_are_clear_errors() -> None:
         model.score([np.zeros((8, 8, 3), np.uint8)])
     with pytest.raises(ParameterError, match="no training images"):
         model.fit([])
+
+
+@pytest.mark.parametrize(("index", "knob"), [("ivf", {"nprobe": 3}), ("hnsw", {"ef_search": 8})])
+def test_approximate_search_settings_are_kept_with_the_model_and_used_by_the_line(
+    dataset: Dataset, tmp_path: Path, index: str, knob: dict[str, int]
+) -> None:
+    model = PatchCore(image_size=SIZE, coreset_ratio=0.5, index=index, threads=2, **knob)  # type: ignore[arg-type]
+    assert model.get_params().items() >= knob.items()
+    model.fit(dataset.train()[:12], progress=False)
+    scorer = load_scorer(model.save(tmp_path / index))
+    assert isinstance(scorer, PatchCoreScorer)
+    name, value = next(iter(knob.items()))
+    assert getattr(scorer.index, name) == value
+    images = [read_image(s.path) for s in dataset.test()[:3]]
+    np.testing.assert_allclose(scorer.score(images).scores, model.score(images).scores, rtol=1e-5)
+    with pytest.raises(ParameterError, match=f"{name} must be a positive integer"):
+        PatchCore(index=index, **{name: 0}).fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]

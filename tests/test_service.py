@@ -367,19 +367,29 @@ def test_health_ready_metrics_and_docs(client: TestClient, images: dict[str, Pat
     assert client.get("/docs").status_code == 200
 
 
-def test_disk_floor_refuses_inspections(service_model_dir: Path, tmp_path: Path, images: dict[str, Path]) -> None:
-    with TestClient(create_app(settings_for(service_model_dir, tmp_path, store={"min_free_disk_mb": 1e12}))) as c:
+@pytest.mark.parametrize("when_full", ["inspect", "refuse"])
+def test_below_the_disk_floor_inspections_go_unrecorded_or_are_refused(
+    service_model_dir: Path, tmp_path: Path, images: dict[str, Path], when_full: str
+) -> None:
+    store = {"min_free_disk_mb": 1e12, "when_full": when_full}
+    with TestClient(create_app(settings_for(service_model_dir, tmp_path, store=store))) as c:
         deadline = time.monotonic() + 60
         while not c.get("/readyz").json()["models"]["synthetic"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        ready = c.get("/readyz")
-        assert ready.status_code == 503
-        assert not ready.json()["disk_ok"]
         r = post(c, images["good"].read_bytes())
-        assert r.status_code == 503
-        assert "free" in r.json()["detail"]
-        assert r.headers["Retry-After"] == "60"
+        ready = c.get("/readyz")
+        assert not ready.json()["disk_ok"]
+        if when_full == "refuse":  # a line that may not pass a part without its record
+            assert ready.status_code == 503
+            assert r.status_code == 503
+            assert "free" in r.json()["detail"]
+            assert r.headers["Retry-After"] == "60"
+        else:  # the default: the line is answered, the gap in the records is counted and shown
+            assert ready.status_code == 200 and "not recorded" in ready.json()["detail"]
+            assert r.status_code == 200 and r.json()["recorded"] is False and r.json()["heatmap_url"] is None
+            assert c.get(f"/v1/inspections/{r.json()['id']}").status_code == 404
+            assert "inspector_unrecorded_inspections_total" in c.get("/metrics").text
 
 
 def test_web_ui_is_served_when_present(service_model_dir: Path, tmp_path: Path) -> None:

@@ -50,8 +50,9 @@ def add(
     score: float = 1.0,
     model: str = "m",
     version: str = "v1",
+    record_id: str | None = None,
 ) -> str:
-    record_id = new_id(created)
+    record_id = record_id or new_id(created)
     files = store.write_files(record_id, created, b"x" * nbytes, ".png", np.zeros((4, 4), np.float32))
     record = InspectionRecord(
         id=record_id,
@@ -120,10 +121,13 @@ def test_files_without_a_row_are_removed_at_restart(tmp_path: Path) -> None:
 
 
 def test_disk_floor(tmp_path: Path) -> None:
-    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=1e12))
+    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=1e12, when_full="refuse"))
     assert not store.disk_ok()
     with pytest.raises(Exception, match="free"):
         store.check_space()
+    store.close()
+    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=1e12))  # the default: inspect unrecorded
+    store.check_space()
     store.close()
 
 
@@ -371,3 +375,23 @@ def test_kill_9_during_writes_loses_no_acknowledged_inspection(
     on_disk = {p.name.split(".")[0] for p in store.files.rglob("*") if p.is_file()}
     assert on_disk == {r.id for r in store.iter_all()}  # no orphans left, no record without files
     store.close()
+
+
+def test_a_clock_set_back_keeps_ids_and_the_disk_budget_in_inspection_order(tmp_path: Path) -> None:
+    """The box's clock jumps back a day between inspections: ids still follow the order of inspections (pages,
+    the budget's oldest-first deletion), age retention deletes nothing early, and `created` keeps the clock's word."""
+    store = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=0, retention_days=0.5, max_disk_mb=None))
+    now = 1_800_000_000.0
+    first = [store.new_id(now + i) for i in range(3)]
+    later = [store.new_id(now - 86_400 + i) for i in range(3)]  # a day earlier by the clock, after in fact
+    assert first + later == sorted(first + later)
+    for i, record_id in enumerate(first + later):
+        created = now + i if i < 3 else now - 86_400 + i - 3
+        add(store, created, record_id=record_id)
+    assert store.enforce_retention(now=now - 86_400 + 3) == 0  # by the set-back clock nothing is past 12 hours
+    records, _ = store.page(limit=10)
+    assert [r.id for r in records] == list(reversed(first + later))  # newest first
+    store.close()
+    reopened = InspectionStore(StoreSettings(dir=tmp_path, min_free_disk_mb=0))
+    assert reopened.new_id(now - 2 * 86_400) > later[-1]  # also across a restart
+    reopened.close()

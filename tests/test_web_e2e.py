@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from inspector.models.estimators import PatchCore
 from inspector.service.app import DEFAULT_WEB_DIR, create_app
 from inspector.service.config import ModelSpec, Settings, StoreSettings
 from inspector.service.server import Server
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -162,7 +163,7 @@ def test_page_loads_offline_and_asks_for_the_operator_key(page: Any, service: Se
     assert "operator key" in page.text_content("#key-reason")
     page.fill("#key-form input[name=key]", "not-the-key")
     page.click("#key-form button[type=submit]")
-    page.wait_for_function("document.querySelector('#key-form .form-error').textContent.includes('refused')")
+    page.wait_for_function("() => document.querySelector('#key-form .form-error').textContent.includes('refused')")
     page.fill("#key-form input[name=key]", OPERATOR)
     page.click("#key-form button[type=submit]")
     page.wait_for_selector("#connection[data-state=live]")
@@ -225,7 +226,7 @@ def test_review_needs_the_operator_key_and_persists_across_reload(page: Any, ser
     page.goto(f"{service.url}/#/live/{record['id']}")  # the detail view, after a reload
     page.reload()
     page.wait_for_selector("#detail[open]")
-    page.wait_for_function("document.querySelector('#detail-review').textContent.includes('defect')")
+    page.wait_for_function("() => document.querySelector('#detail-review').textContent.includes('defect')")
     assert "burr on the rim" in page.text_content("#detail-review")
     page.wait_for_selector(f"#history-strip li[data-id='{record['id']}'] .review-mark")
     assert page.locator(f"#queue li[data-id='{record['id']}']").count() == 0
@@ -243,7 +244,7 @@ def test_switching_calibration_asks_for_the_key_and_a_confirmation(page: Any, se
     assert page.locator("#confirm-form .key-field").is_visible()
     page.fill("#confirm-form input[name=key]", CAMERA)
     page.click("#confirm-form button[type=submit]")
-    page.wait_for_function("document.querySelector('#confirm-form .form-error').textContent.includes('operator')")
+    page.wait_for_function("() => document.querySelector('#confirm-form .form-error').textContent.includes('operator')")
     assert service.active_calibration() == "line"
     page.click("#confirm-form button.cancel")
     assert service.active_calibration() == "line"
@@ -306,7 +307,7 @@ def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp
             page.wait_for_function("id => document.querySelector('#live-part').dataset.id === id", arg=record["id"])
             page.click("#live-open")
             page.click("#review-form button.good")
-            page.wait_for_function("document.querySelector('#detail-review').textContent.includes('good')")
+            page.wait_for_function("() => document.querySelector('#detail-review').textContent.includes('good')")
             assert c.get(f"/v1/inspections/{record['id']}").json()["review"]["verdict"] == "good"
         assert page.locator("#key-dialog[open]").count() == 0
 
@@ -374,7 +375,7 @@ def test_events_summary_scores_and_thumbnails(service: Service) -> None:
         with c.stream("GET", "/v1/events") as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             lines = stream.iter_lines()
-            assert next(lines) == ": connected"
+            assert read_event(lines) == ("connected", {"heartbeat_s": 15})
             record = service.inspect("fail")
             with service.client(OPERATOR) as op:
                 op.post(f"/v1/inspections/{record['id']}/review", json={"verdict": "defect"}).raise_for_status()
@@ -431,7 +432,7 @@ def test_stopping_the_server_ends_open_event_streams(service: Service, tmp_path:
     )
     with serving(settings) as (url, server), httpx.stream("GET", f"{url}/v1/events", timeout=30) as stream:
         lines = stream.iter_lines()
-        assert next(lines) == ": connected"
+        assert read_event(lines)[0] == "connected"
         start = time.monotonic()
         server.should_exit = True
         assert not "".join(lines)  # the stream ends, with no event, as the server begins to stop...
@@ -464,3 +465,116 @@ def ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_the_recipes_view_compares_the_shadow_and_promotes_and_rolls_back(
+    browser: Any, service_model_dir: Path, dataset: Dataset, tmp_path: Path
+) -> None:
+    """A shadow version that passes every part: the Recipes view shows both versions, the gate, the part they
+    disagree on with both heatmaps and the re-fit container; Promote and Roll back swap the active version."""
+    from tests.test_shadow import fit_version, lax_copy
+
+    models = tmp_path / "models"
+    shutil.copytree(service_model_dir, models / "synthetic")
+    candidate = lax_copy(fit_version(dataset, tmp_path / "fitted"), models / "synthetic.versions" / "v2")
+    settings = Settings(
+        models_dir=models,
+        warmup_runs=1,
+        threads=2,
+        camera_key=CAMERA,
+        operator_key=OPERATOR,
+        web_dir=WEB,
+        log_level="warning",
+        golden_dir=tmp_path / "golden",
+        store=StoreSettings(dir=tmp_path / "store", min_free_disk_mb=0),
+    )
+    defect = next(s.path for s in dataset.test() if s.defect_type == "hole")
+    with serving(settings) as (url, _):
+        with httpx.Client(base_url=url, headers={"X-API-Key": OPERATOR}, timeout=10) as c:
+            c.put("/v1/models/synthetic/shadow", json={"dir": str(candidate)}).raise_for_status()
+            inspected = c.post("/v1/inspect", files={"image": ("p.png", defect.read_bytes(), "image/png")}).json()
+            assert inspected["verdict"] == "fail"
+            wait_for(lambda: c.get("/v1/models/synthetic/disagreements").json()["disagree"] == 1, 30, "shadow")
+        context = browser.new_context(viewport=SCREEN, device_scale_factor=1)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(10_000)
+        try:
+            unlock(page, url)
+            page.click(".tabs a[data-view=recipes]")
+            card = "article.recipe[data-recipe=synthetic]"
+            page.wait_for_selector(f"{card} .pair[data-id='{inspected['id']}']")
+            assert "v2" in page.text_content(f"{card} .shadow-version")
+            assert "synthetic · version" in page.text_content(f"{card} .active-version")
+            assert page.get_attribute(f"{card} .gate", "data-state") == "unchecked"
+            page.wait_for_function(
+                """card => [...document.querySelectorAll(card + ' .pair img')]
+                    .every(img => img.complete && img.naturalWidth > 0)""",
+                arg=card,
+            )
+            assert page.locator(f"{card} .pair img").count() == 2
+            pair = page.text_content(f"{card} .pair")
+            assert "Active: Fail" in pair and "Shadow: Pass" in pair
+            assert page.locator(f"{card} div.recipe-refit[data-recipe=synthetic]").count() == 1
+            if os.environ.get("INSPECTOR_SCREENSHOTS"):
+                page.screenshot(path=Path(os.environ["INSPECTOR_SCREENSHOTS"]) / "recipes.png", full_page=True)
+
+            page.fill(f"{card} input[name=reason]", "shadow agrees on good parts")
+            page.click(f"{card} button.promote")
+            page.wait_for_function(
+                "card => document.querySelector(card + ' .active-version')?.textContent.startsWith('v2')", arg=card
+            )
+            assert page.text_content(f"{card} .shadow-version") == "none"
+            page.click(f"{card} button.rollback")
+            page.wait_for_function(
+                "card => document.querySelector(card + ' .active-version')?.textContent.startsWith('synthetic')",
+                arg=card,
+            )
+        finally:
+            context.close()
+        assert not errors, errors
+        with httpx.Client(base_url=url, headers={"X-API-Key": OPERATOR}, timeout=10) as c:
+            entries = c.get("/v1/audit").json()["items"]
+        kinds = [(e["kind"], e["reason"].split(" (")[0]) for e in entries if e["kind"].startswith("model_")]
+        assert kinds[:2] == [("model_rollback", kinds[0][1]), ("model_promote", "shadow agrees on good parts")]
+
+
+def test_the_drift_view_plots_the_statistics_and_the_alarm_shows_on_every_view(
+    browser: Any, service: Service, tmp_path: Path
+) -> None:
+    """60 parts under a far brighter light than the training images: the alert appears in the top bar of the
+    live view, and the Drift view shows the recipe in alarm with its table and plots drawn."""
+    settings = Settings(
+        models=[ModelSpec(dir=service.model_dir)],
+        warmup_runs=0,
+        threads=1,
+        web_dir=WEB,
+        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
+    )
+    bright = np.clip(read_image(service.parts["pass"]).astype(int) + 90, 0, 255).astype(np.uint8)
+    data = cv2.imencode(".png", cv2.cvtColor(bright, cv2.COLOR_RGB2BGR))[1].tobytes()
+    with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector("#connection[data-state=live]")
+        assert page.locator("#drift-alert").is_hidden()
+        with httpx.Client(base_url=url, timeout=10) as c:
+            for _ in range(60):
+                c.post("/v1/inspect", files={"image": ("p.png", data, "image/png")}).raise_for_status()
+        page.wait_for_selector("#drift-alert:not([hidden])", timeout=15_000)  # polled every 5 s
+        assert "synthetic" in page.text_content("#drift-alert") and "Brightness" in page.text_content("#drift-alert")
+        page.click("#drift-alert")
+        card = "article.drift-recipe[data-recipe=synthetic]"
+        page.wait_for_selector(f"{card}[data-alarm=true] svg.drift-plot path.series", state="attached")
+        assert "Drift alarm since" in page.text_content(f"{card} .drift-state")
+        assert page.locator(f"{card} tr[data-statistic=brightness][data-drifting=true]").count() == 1
+        assert page.locator(f"{card} svg.drift-plot").count() == 3
+        assert page.locator(f"{card} svg.drift-plot path.series").count() >= 4  # a PSI line per checked statistic
+        assert page.locator(f"{card} svg.drift-plot line.limit").count() >= 2  # the 0.2 line, a reference median
+        assert page.locator(f"{card} svg.drift-plot rect.band").count() >= 1  # brightness's reference band
+        if os.environ.get("INSPECTOR_SCREENSHOTS"):
+            page.screenshot(path=Path(os.environ["INSPECTOR_SCREENSHOTS"]) / "drift.png", full_page=True)
+        assert not errors, errors

@@ -16,6 +16,7 @@ Verdict = Literal["pass", "review", "fail"]
 RuleName = Literal["f1", "youden", "fpr", "recall", "normal"]
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_PIXEL_QUANTILE = 0.999
+GOOD_SCORES = "good_scores"  # key in `data`: the sorted scores of the good images calibrated on
 
 
 class CalibrationError(InspectorError, ValueError):

@@ -26,6 +26,13 @@ class CalibrationNotFound(CalibrationError):
     """No archived calibration of that name."""
 
 
+def archived_path(model_dir: Path, name: str) -> Path:
+    """Where the calibration `name` is archived; a name that could leave the folder (`/`, NUL) is refused."""
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise CalibrationError(f"calibration name must be letters, digits, '.', '_' or '-': {name!r}")
+    return Path(model_dir) / ARCHIVE_DIR / f"{name}.json"
+
+
 def model_fingerprint(model_dir: Path) -> str:
     """Checksum of the model's manifest: changes whenever the model is re-fitted."""
     manifest = Path(model_dir) / MANIFEST
@@ -35,11 +42,9 @@ def model_fingerprint(model_dir: Path) -> str:
 def save_calibration(model_dir: Path, calibration: Calibration, activate: bool = True) -> Path:
     """Archive the calibration under its name and, by default, make it the active one."""
     model_dir = Path(model_dir)
-    if not calibration.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", calibration.name):
-        raise CalibrationError(f"calibration name must be letters, digits, '.', '_' or '-': {calibration.name!r}")
+    archived = archived_path(model_dir, calibration.name)
     calibration.model_fingerprint = calibration.model_fingerprint or model_fingerprint(model_dir)
     data = json.dumps(calibration.to_dict(), indent=2).encode()
-    archived = model_dir / ARCHIVE_DIR / f"{calibration.name}.json"
     archived.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(archived, data)
     if activate:
@@ -74,7 +79,10 @@ def is_stale(calibration: Calibration, fingerprint: str) -> bool:
 
 def activate_calibration(model_dir: Path, name: str) -> Calibration:
     """Make an archived calibration the active one (no re-fit, no re-export); a stale one is refused."""
-    path = Path(model_dir) / ARCHIVE_DIR / f"{name}.json"
+    try:
+        path = archived_path(model_dir, name)
+    except CalibrationError as exc:
+        raise CalibrationNotFound(str(exc)) from exc
     if not path.is_file():
         names = ", ".join(c.name for c in list_calibrations(model_dir)) or "none"
         raise CalibrationNotFound(f"no calibration named '{name}' for {model_dir} (available: {names})")

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from inspector.calibration.calibration import DEFAULT_CONFIDENCE, DEFAULT_PIXEL_QUANTILE, Calibration, CalibrationError
+from inspector.calibration.calibration import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_PIXEL_QUANTILE,
+    GOOD_SCORES,
+    Calibration,
+    CalibrationError,
+)
 from inspector.calibration.rules import (
     choose_threshold,
     confusion_counts,
@@ -228,7 +234,7 @@ def calibrate(
         review_band=review_band,
         targets=choice.targets,
         expected=choice.expected,
-        data={**(data or {}), **_counts(scored.samples)},
+        data={**(data or {}), **_counts(scored.samples), GOOD_SCORES: _good_scores(scored)},
         pixel_rule=pixel_rule,
     )
     calibration.expected["confusion"] = confusion_counts(labels, scored.scores, calibration)
@@ -236,6 +242,12 @@ def calibrate(
         calibration.data["holdout"] = {**(calibration.data.get("holdout") or {}), **_counts(holdout.samples)}
         calibration.expected["measured_on_holdout"] = confusion_counts(holdout.labels, holdout.scores, calibration)
     return calibration
+
+
+def _good_scores(scored: Scored) -> list[float]:
+    """The good images' scores, sorted: held out from the fit, they are the reference the service's drift watch
+    compares the line's pass scores with (the training images' own scores are optimistic)."""
+    return sorted(round(float(s), 6) for s in scored.scores[~scored.labels])
 
 
 def _counts(samples: list[Sample]) -> dict[str, Any]:

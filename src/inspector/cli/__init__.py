@@ -3,9 +3,10 @@
 One convention everywhere: `--model` names a method (fit only), `--model-dir` names a fitted model (default
 models/<category>/), `--data-root` + `--category` name data.
 
-Each command's parser sits beside its handler (fit.py, evaluate.py, calibrate.py, export.py, predict.py, demo.py,
-data.py, serve.py, dataset.py; shared arguments in arguments.py). Modules import only the standard library and
-dependency-free names at their top and everything heavy inside the handler, so `inspector --help` stays fast.
+Each command's parser sits beside its handler (fit.py, evaluate.py, calibrate.py, gate.py, export.py, predict.py,
+demo.py, data.py, serve.py, plc.py, keys.py, dataset.py, drift.py; shared arguments in arguments.py). Modules
+import only the standard library and dependency-free names at their top and everything heavy inside the handler,
+so `inspector --help` stays fast.
 
 Errors a user can cause and fix (`InspectorError`) print as one `error: ...` line with exit status 2; every other
 exception is a bug or an environment fault and keeps its traceback. `-v` shows tracebacks for both.
@@ -18,12 +19,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from inspector.cli import calibrate, data, dataset, demo, evaluate, export, fit, plc, predict, serve
+from inspector.cli import calibrate, data, dataset, demo, drift, evaluate, export, fit, gate, keys, plc, predict, serve
 from inspector.cli.arguments import EXIT_USER_ERROR, CommandParser, Handler, UsageError
 from inspector.common.errors import InspectorError
 
 DESCRIPTION = "The `inspector` command line: fit, evaluate, calibrate, export, predict, demo and data download."
-COMMANDS = (fit, evaluate, calibrate, export, predict, demo, data, serve, plc, dataset)  # in the order of --help
+# in the order of --help
+COMMANDS = (fit, evaluate, calibrate, gate, export, predict, demo, data, serve, plc, keys, dataset, drift)
 
 __all__ = ["EXIT_USER_ERROR", "UsageError", "build_parser", "main"]
 

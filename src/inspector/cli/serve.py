@@ -40,6 +40,8 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--workers", type=int, help="inference worker threads (default 1)")
     p.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
     p.add_argument("--queue-size", type=int, help="requests that may wait for a worker before 503 (default 4)")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (needs --tls-key)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     link = p.add_argument_group("line link (docs/plc.md)")
     link.add_argument(
         "--plc",
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         "queue_size": args.queue_size,
         "threads": args.threads,
         "store.dir": args.store_dir,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
         "models": [ModelSpec.parse(m) for m in args.model_dir] if args.model_dir else None,
         "models_dir": args.models_dir,
         "links.plc": args.plc,

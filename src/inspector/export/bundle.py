@@ -73,8 +73,9 @@ def export_bundle(
         raise ParityError(report)
 
     bundle_files[PARITY_FILE] = json.dumps(report.to_dict(), indent=2).encode()
-    write_model_dir(out, bundle_manifest, bundle_files)
-    _carry_calibrations(model_dir, out, calibration)
+    # The calibrations go into the new folder before it replaces the old bundle: a kill never leaves a bundle
+    # without the thresholds the line judges by.
+    write_model_dir(out, bundle_manifest, bundle_files, lambda new: _carry_calibrations(model_dir, new, calibration))
     return report
 
 

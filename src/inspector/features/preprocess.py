@@ -38,8 +38,7 @@ class Preprocessing:
         """One RGB uint8 image -> HxWx3 uint8 at the network's input size."""
         h, w = self.image_size
         if image.shape[:2] != (h, w):
-            shrink = image.shape[0] > h or image.shape[1] > w
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            image = resize(image, h, w)
         if self.crop_size is not None:
             ch, cw = self.crop_size
             top, left = (h - ch) // 2, (w - cw) // 2
@@ -67,6 +66,22 @@ class Preprocessing:
         if image_size is None:
             raise ValueError("preprocessing needs an image_size")
         return cls(image_size, as_size(data.get("crop_size")))
+
+
+def resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Area averaging to shrink (bilinear to enlarge), uint8 in and out.
+
+    OpenCV's area resize of uint8 by a fractional factor in both axes is several times slower than the same
+    resize of float32 (docs/benchmarks.md, "Scoring cost"), and rounding the float result gives the very same
+    pixels, so that case goes through float32. Whole factors keep OpenCV's fast uint8 path, and a resize that
+    enlarges either axis its uint8 interpolation, whose fixed-point rounding float would not reproduce.
+    """
+    in_h, in_w = image.shape[:2]
+    if in_h >= h and in_w >= w and (in_h % h or in_w % w):
+        shrunk = cv2.resize(image.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        return np.rint(shrunk, out=shrunk).astype(np.uint8)
+    shrink = in_h > h or in_w > w
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def as_size(value: int | Sequence[int] | None) -> tuple[int, int] | None:

@@ -199,6 +199,7 @@ class ModbusSink(Sink):
                 "models_loaded": status.models_loaded,
                 "busy": status.busy,
                 "error": status.state == "Error",
+                "drift": status.drift,
             }
             bits |= sum(reg.STATUS_BIT[name] for name, on in flags.items() if on)
         valid = shown is not None and (bool(self._buffer) or not self.settings.handshake)

@@ -18,7 +18,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlunsplit
 
@@ -27,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from inspector.link.result import LineResult, LineStatus
 from inspector.link.settings import MqttSettings
-from inspector.link.sink import LinkError, Sink, SinkHealth, endpoint
+from inspector.link.sink import Backlog, LinkError, Sink, SinkHealth, endpoint
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -63,6 +62,7 @@ def status_payload(status: LineStatus) -> bytes:
             "error": status.error,
             "recipes": list(status.recipes),
             "selected_recipe": status.selected_recipe,
+            "drift": status.drift,
         }
     ).encode()
 
@@ -89,14 +89,13 @@ class MqttSink(Sink):
         self.status_topic = f"{prefix}/{topic_level(settings.line, 'line')}/status"
 
         self._cond = threading.Condition()  # guards the fields below; never held while calling into paho
-        self._pending: deque[LineResult] = deque()
+        self._pending = Backlog(settings.queue, f"MQTT {self.name}")
         self._connected = False
         self._stopping = False
         self._status_due = False  # set on every connect: the broker may have lost the retained status
         self._status_sent = b""
         self._detail = "connecting"
         self._published = self._failed = 0
-        self._dropped_since_connect = 0
         self._inflight: list[mqtt.MQTTMessageInfo] = []  # handed to paho; only the worker adds and prunes
         self._client: mqtt.Client | None = None
         self._worker: threading.Thread | None = None
@@ -150,9 +149,8 @@ class MqttSink(Sink):
         client.disconnect()
         client.loop_stop()
         with self._cond:
-            lost = len(self._pending) + self._unacked()
+            lost = self._pending.clear() + self._unacked()
             self._failed += lost
-            self._pending.clear()
         if lost:
             log.warning("MQTT %s stopped with %d results undelivered", self.name, lost)
 
@@ -161,15 +159,8 @@ class MqttSink(Sink):
     def publish(self, result: LineResult) -> None:
         with self._cond:
             self._published += 1
-            self._pending.append(result)
-            if len(self._pending) > self.settings.queue:
-                self._pending.popleft()
+            if self._pending.push(result):
                 self._failed += 1
-                self._dropped_since_connect += 1
-                if self._dropped_since_connect == 1:
-                    log.warning(
-                        "MQTT %s: queue of %d full, dropping the oldest results", self.name, self.settings.queue
-                    )
             self._cond.notify_all()
 
     def health(self) -> SinkHealth:
@@ -230,7 +221,7 @@ class MqttSink(Sink):
             with self._cond:
                 if not (self._pending and self._connected) or (window is not None and self._unacked() >= window):
                     return
-                result = self._pending.popleft()
+                result = self._pending.pop()
             payload = json.dumps(result.to_json()).encode()
             info = self._client.publish(self.topic(result), payload, qos=QOS)
             # NO_CONN: the connection dropped just now; paho keeps the message and sends it after the reconnect
@@ -274,11 +265,10 @@ class MqttSink(Sink):
                 self._detail = f"broker {self.host}:{self.port} refused the connection: {reason}"
                 log.warning("MQTT %s: %s", self.name, self._detail)
                 return
-            if self._dropped_since_connect:
-                log.warning(
-                    "MQTT %s: %d results dropped while the broker was away", self.name, self._dropped_since_connect
-                )
-            self._connected, self._status_due, self._dropped_since_connect = True, True, 0
+            dropped = self._pending.end_spell()
+            if dropped:
+                log.warning("MQTT %s: %d results dropped while the broker was away", self.name, dropped)
+            self._connected, self._status_due = True, True
             self._detail = f"connected to {self.host}:{self.port}"
             self._cond.notify_all()
         log.info("MQTT %s connected", self.name)

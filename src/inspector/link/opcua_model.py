@@ -142,6 +142,7 @@ class AddressSpace:
             "Busy": status.busy,
             "ModelsLoaded": status.models_loaded,
             "Error": status.error or "",
+            "DriftAlarm": status.drift,
             "Recipes": list(status.recipes),
             "SelectedRecipe": status.selected_recipe,
             "SelectedModel": selected,

@@ -145,6 +145,7 @@ STATUS_BITS: tuple[tuple[int, str, str], ...] = (
     (7, "error", "state Error: a model failed to load, or the store's disk is below its floor"),
     (8, "overrun", "the buffer was full and results were dropped; stays set until control bit 0 clears it"),
     (9, "handshake", "the server runs the acknowledge handshake (modbus.handshake)"),
+    (10, "drift", "drift alarm: a recipe's images or pass scores no longer look like its reference (GET /v1/drift)"),
 )
 CONTROL_BITS: tuple[tuple[int, str, str], ...] = (
     (0, "clear_overrun", "clear the overrun status bit"),

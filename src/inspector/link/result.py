@@ -108,6 +108,7 @@ class LineStatus:
     error: str | None  # why the service cannot inspect (a model failed to load), else None
     recipes: tuple[str, ...]  # served model names; recipe number n is recipes[n - 1] ("": unloaded, number unused)
     selected_recipe: int  # 0: none selected (the camera's ?model= or the only model decides)
+    drift: bool = False  # a drift alarm is on for some recipe: the images no longer look like the reference
 
     @property
     def ready(self) -> bool:

@@ -1,14 +1,17 @@
 """What every sink is: started with the hub, handed results without waiting, asked for its health, stopped.
 
 `LoopThread` is the event loop the asyncio-based servers (Modbus, OPC UA) run on: one thread of their own, so
-a busy PLC client never competes with the HTTP event loop that answers the camera.
+a busy PLC client never competes with the HTTP event loop that answers the camera. `Backlog` is the bounded queue
+of the client sinks (MQTT, webhooks) that hold results while their far end is away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from inspector.link.hub import LinkHub
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class LinkError(InspectorError, ValueError):
@@ -106,3 +110,43 @@ class LoopThread:
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class Backlog:
+    """Results waiting for a link that is slow or away: bounded, dropping the oldest first (the line needs the
+    current part more than an old one), with one warning when a spell of drops begins rather than one per
+    inspection. Not locked itself: its sink calls it holding its own lock."""
+
+    def __init__(self, capacity: int, link: str) -> None:
+        self.capacity = capacity
+        self.link = link  # "MQTT mqtt://broker/prefix", for the log
+        self._results: deque[LineResult] = deque()
+        self._dropped_in_spell = 0
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def push(self, result: LineResult) -> bool:
+        """Queue a result; True when the oldest had to go to make room."""
+        self._results.append(result)
+        if len(self._results) <= self.capacity:
+            return False
+        self._results.popleft()
+        self._dropped_in_spell += 1
+        if self._dropped_in_spell == 1:
+            log.warning("%s: queue of %d full, dropping the oldest results", self.link, self.capacity)
+        return True
+
+    def pop(self) -> LineResult:
+        return self._results.popleft()
+
+    def clear(self) -> int:
+        """Empty the queue (the sink stops); how many results were in it."""
+        count = len(self._results)
+        self._results.clear()
+        return count
+
+    def end_spell(self) -> int:
+        """The far end is back: how many results were dropped while it was away, and count afresh."""
+        dropped, self._dropped_in_spell = self._dropped_in_spell, 0
+        return dropped

@@ -17,14 +17,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlunsplit
 
 from inspector import __version__
 from inspector.link.result import LineResult
 from inspector.link.settings import WebhookSettings
-from inspector.link.sink import Sink, SinkHealth, endpoint
+from inspector.link.sink import Backlog, Sink, SinkHealth, endpoint
 
 if TYPE_CHECKING:
     from inspector.link.hub import LinkHub
@@ -58,13 +57,12 @@ class WebhookSink(Sink):
         self._opener = urllib.request.build_opener(_NoRedirect)
 
         self._cond = threading.Condition()
-        self._queue: deque[LineResult] = deque()
+        self._queue = Backlog(settings.queue, f"webhook {self.name}")
         self._stopping = False
         self._drain_until = 0.0
         self._up = True
         self._detail = "nothing sent yet"
         self._published = self._failed = 0
-        self._dropped = 0  # since the last successful delivery
         self._worker: threading.Thread | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
@@ -84,9 +82,8 @@ class WebhookSink(Sink):
         if self._worker:
             self._worker.join(STOP_DRAIN_S + 0.5)
         with self._cond:
-            lost = len(self._queue)
+            lost = self._queue.clear()
             self._failed += lost
-            self._queue.clear()
         if lost:
             log.warning("webhook %s stopped with %d results undelivered", self.name, lost)
 
@@ -95,15 +92,8 @@ class WebhookSink(Sink):
     def publish(self, result: LineResult) -> None:
         with self._cond:
             self._published += 1
-            self._queue.append(result)
-            if len(self._queue) > self.settings.queue:
-                self._queue.popleft()
+            if self._queue.push(result):
                 self._failed += 1
-                self._dropped += 1
-                if self._dropped == 1:  # once per bad spell, not once per inspection
-                    log.warning(
-                        "webhook %s: queue of %d full, dropping the oldest results", self.name, self.settings.queue
-                    )
             self._cond.notify_all()
 
     def health(self) -> SinkHealth:
@@ -126,7 +116,7 @@ class WebhookSink(Sink):
                 self._cond.wait_for(lambda: self._queue or self._stopping)
                 if not self._queue or (self._stopping and time.monotonic() > self._drain_until):
                     return
-                result = self._queue.popleft()
+                result = self._queue.pop()
             self._deliver(result)
 
     def _deliver(self, result: LineResult) -> None:
@@ -137,7 +127,7 @@ class WebhookSink(Sink):
             if error is None:
                 with self._cond:
                     self._up, self._detail = True, f"result {result.sequence} delivered"
-                    dropped, self._dropped = self._dropped, 0
+                    dropped = self._queue.end_spell()
                 if dropped:
                     log.warning("webhook %s delivers again; %d results were dropped meanwhile", self.name, dropped)
                 return

@@ -32,6 +32,7 @@ from inspector.common.errors import ParameterError
 from inspector.common.names import ModelKind, Runtime, choices
 from inspector.common.progress import progress_bar
 from inspector.common.system import cpu_threads, peak_rss_mb
+from inspector.components.drift import REFERENCE_FILE, DriftReference, image_statistics
 from inspector.data.io import read_image
 from inspector.features.backbones import BackboneInfo, load_backbone, make_padding_static
 from inspector.features.preprocess import Preprocessing, as_size
@@ -148,6 +149,7 @@ class AnomalyModel(ABC):
             "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self.golden_ = self._golden_set(images, golden)
+        self.drift_reference_ = self._drift_reference(images)
         self.scorer_ = SCORERS[self.kind](self._manifest(), self._files(), runner=self._network_runner)
         return self
 
@@ -223,6 +225,16 @@ class AnomalyModel(ABC):
             maps=np.concatenate(maps),
         )
 
+    def _drift_reference(self, images: Sequence[ImageLike]) -> DriftReference:
+        """The image statistics of every training image: the reference the service's drift watch compares the
+        line's images with (components.drift). Pass scores are not taken here: the training images' own scores
+        are optimistic (the memory bank holds them), so the score reference comes from a calibration's held-out
+        good images instead."""
+        with ThreadPoolExecutor(max_workers=min(4, cpu_threads(self.threads))) as pool:
+            stats = list(pool.map(lambda image: image_statistics(_as_rgb(image)), images))
+        values = {name: [s[name] for s in stats] for name in stats[0]}
+        return DriftReference.from_values(values, f"fit: {len(images)} training images")
+
     def _n_outputs(self, network: nn.Module) -> int:
         with torch.inference_mode():
             out = network(torch.zeros(1, 3, *self.preprocessing_.input_size))
@@ -267,7 +279,12 @@ class AnomalyModel(ABC):
         }
 
     def _files(self) -> dict[str, bytes]:
-        return {NETWORK_FILE: self.network_onnx_, **self._state(), GOLDEN_FILE: self.golden_.to_bytes()}
+        return {
+            NETWORK_FILE: self.network_onnx_,
+            **self._state(),
+            GOLDEN_FILE: self.golden_.to_bytes(),
+            REFERENCE_FILE: self.drift_reference_.to_bytes(),
+        }
 
 
 def _as_rgb(image: ImageLike) -> np.ndarray:

@@ -19,6 +19,13 @@ from inspector.common.errors import ParameterError
 from inspector.common.names import ImageScore, IndexKind, choices
 from inspector.components.coreset import StreamingCoreset
 from inspector.components.knn import NearestNeighbourIndex
+from inspector.components.projection import (
+    PROJECTION_KINDS,
+    PatchStatistics,
+    Projection,
+    ProjectionKind,
+    fit_projection,
+)
 from inspector.models.estimator import AnomalyModel, ImageLike
 from inspector.models.network import align_stages
 from inspector.models.scoring import patch_rows
@@ -26,9 +33,17 @@ from inspector.models.scoring import patch_rows
 
 class PatchEmbedding(nn.Module):
     """Locally aware patch features: 3x3 neighbourhood averaging per stage, stages resized to the finest
-    stage's grid and concatenated, optionally projected to `embed_dim` by a fixed random matrix."""
+    stage's grid and concatenated, optionally projected to `embed_dim` by a fixed random matrix, then by a fitted
+    `projection` (PCA or whitening)."""
 
-    def __init__(self, channels: Sequence[int], patch_size: int = 3, embed_dim: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        channels: Sequence[int],
+        patch_size: int = 3,
+        embed_dim: int | None = None,
+        seed: int = 0,
+        projection: Projection | None = None,
+    ):
         super().__init__()
         # Zero padding counts in the average at the border, as in the paper's unfold-and-pool (docs/benchmarks.md
         # measures it against leaving the border out).
@@ -40,9 +55,15 @@ class PatchEmbedding(nn.Module):
             conv = skip_init(nn.Conv2d, total, embed_dim, 1, bias=False)
             conv.weight.data = torch.randn(embed_dim, total, 1, 1, generator=generator) / embed_dim**0.5
             self.project = conv
+        self.reduce: nn.Module = nn.Identity()
+        if projection is not None:
+            fitted = skip_init(nn.Conv2d, projection.matrix.shape[0], projection.dim, 1)
+            fitted.weight.data = torch.from_numpy(np.ascontiguousarray(projection.matrix.T))[:, :, None, None]
+            fitted.bias.data = torch.from_numpy(projection.bias.copy())
+            self.reduce = fitted
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        return self.project(torch.cat(align_stages([self.pool(s) for s in stages]), dim=1))
+        return self.reduce(self.project(torch.cat(align_stages([self.pool(s) for s in stages]), dim=1)))
 
 
 class PatchCore(AnomalyModel, kind="patchcore"):
@@ -51,7 +72,12 @@ class PatchCore(AnomalyModel, kind="patchcore"):
     `coreset_ratio` of all training patches are kept, chosen by greedy k-center; while the patches fit in
     `coreset_budget_mb` the paper's single pass runs over all of them, beyond it a streamed two-level pass
     (`coreset_oversample` times the ratio per chunk) keeps memory bounded. `image_score` and `num_neighbors`
-    choose the image score (see `PatchCoreScorer`), `index` the FAISS index kind.
+    choose the image score (see `PatchCoreScorer`), `index` the FAISS index kind. `projection` ("pca" or "whiten",
+    `inspector.components.projection`) maps patch features onto their `projection_dim` directions of largest
+    variance over all training patches before the search, cutting its arithmetic (docs/benchmarks.md measures
+    the trade-off); the bank is picked at full width, then projected, and the network ends in the projection.
+    `nprobe` is how many IVF lists a search visits (`index="ivf"`), `ef_search` how many candidates an HNSW search
+    keeps (`index="hnsw"`): fewer is less work and a less exact nearest neighbour.
     """
 
     def __init__(
@@ -65,6 +91,10 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         index: IndexKind = "flat",
         image_score: ImageScore = "map",
         num_neighbors: int = 9,
+        projection: ProjectionKind | None = None,
+        projection_dim: int | None = None,
+        nprobe: int = 8,
+        ef_search: int = 64,
         **common: Any,
     ) -> None:
         super().__init__(**common)
@@ -76,6 +106,10 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         self.index = index
         self.image_score = image_score
         self.num_neighbors = num_neighbors
+        self.projection = projection
+        self.projection_dim = projection_dim
+        self.nprobe = nprobe
+        self.ef_search = ef_search
 
     def _validate_params(self) -> None:
         if self.image_score not in choices(ImageScore):
@@ -90,8 +124,29 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             raise ParameterError(f"num_neighbors must be at least 1, got {self.num_neighbors}")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
             raise ParameterError(f"patch_size must be a positive odd number, got {self.patch_size}")
+        for name in ("nprobe", "ef_search"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ParameterError(f"{name} must be a positive integer, got {value!r}")
+        if self.projection is not None and self.projection not in PROJECTION_KINDS:
+            raise ParameterError(
+                f"projection must be one of {', '.join(PROJECTION_KINDS)} or None, got {self.projection!r}"
+            )
+        if self.projection_dim is not None:
+            if self.projection is None:
+                raise ParameterError("projection_dim needs a projection: set projection='pca' or 'whiten' too")
+            if not isinstance(self.projection_dim, int) or self.projection_dim < 1:
+                raise ParameterError(f"projection_dim must be a positive integer, got {self.projection_dim!r}")
+
+    def _feature_width(self) -> int:
+        total = sum(self.backbone_info_.channels)
+        return self.embed_dim if self.embed_dim is not None and self.embed_dim < total else total
 
     def _fit(self, images: Sequence[ImageLike], progress: bool) -> dict[str, Any]:
+        if self.projection_dim is not None and self.projection_dim > self._feature_width():
+            raise ParameterError(
+                f"projection_dim {self.projection_dim} exceeds the patch features' width {self._feature_width()}"
+            )
         self._compile(PatchEmbedding(self.backbone_info_.channels, self.patch_size, self.embed_dim, self.seed))
         coreset = StreamingCoreset(
             self.coreset_ratio,
@@ -100,14 +155,26 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             exact_budget_mb=self.coreset_budget_mb,
             threads=self.threads,
         )
+        statistics = PatchStatistics() if self.projection is not None else None
         t0 = time.perf_counter()
         for batch in self._batches(images, progress, "features"):
-            coreset.add(patch_rows(self._features(batch)[0]))
+            rows = patch_rows(self._features(batch)[0])
+            if statistics is not None:
+                statistics.add(rows)
+            coreset.add(rows)
         t1 = time.perf_counter()
         exact = coreset.exact
-        self.memory_bank_ = coreset.finalize(progress)
+        bank = coreset.finalize(progress)
         t2 = time.perf_counter()
-        self.index_ = NearestNeighbourIndex(self.index).build(self.memory_bank_)
+        self.projection_: Projection | None = None
+        if statistics is not None and self.projection is not None:
+            self.projection_ = fit_projection(statistics, self.projection, self.projection_dim)
+            bank = self.projection_(bank)
+            channels, embed_dim = self.backbone_info_.channels, self.embed_dim
+            self._compile(PatchEmbedding(channels, self.patch_size, embed_dim, self.seed, self.projection_))
+        self.memory_bank_ = bank
+        index = NearestNeighbourIndex(self.index, nprobe=self.nprobe, ef_search=self.ef_search)
+        self.index_ = index.build(self.memory_bank_)
         self.n_patches_seen_ = coreset.n_seen
         return {
             "features_seconds": t1 - t0,

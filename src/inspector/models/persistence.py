@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,12 @@ class ModelDirError(InspectorError, RuntimeError):
     """A model directory that is missing, damaged or written by an incompatible version."""
 
 
-def write_model_dir(path: Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
-    """Write `files` and the manifest (with their checksums) to `path`, replacing any model there atomically."""
+def write_model_dir(
+    path: Path, manifest: dict[str, Any], files: dict[str, bytes], finish: Callable[[Path], None] | None = None
+) -> None:
+    """Write `files` and the manifest (with their checksums) to `path`, replacing any model there atomically.
+    `finish` adds what belongs beside the model (an export's calibrations) to the new folder before the swap, so
+    a crash never leaves the model without them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -42,7 +47,10 @@ def write_model_dir(path: Path, manifest: dict[str, Any], files: dict[str, bytes
             "files": {name: sha256_bytes(data) for name, data in files.items()},
         }
         write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        fsync_dir(tmp)
+        if finish is not None:
+            finish(tmp)
+        for folder in (tmp, *(p for p in tmp.iterdir() if p.is_dir())):
+            fsync_dir(folder)
         if path.exists():
             exchange_dirs(tmp, path)  # tmp now holds the old model
             shutil.rmtree(tmp, ignore_errors=True)

@@ -145,7 +145,12 @@ class PatchCoreScorer(Scorer, kind="patchcore"):
     def _load_state(self, files: dict[str, bytes]) -> None:
         with np.load(io.BytesIO(files["memory_bank.npz"])) as state:
             self.memory_bank = state["memory_bank"]
-        self.index = NearestNeighbourIndex(self.params.get("index", "flat")).from_bytes(files["index.faiss"])
+        index = NearestNeighbourIndex(
+            self.params.get("index", "flat"),
+            nprobe=int(self.params.get("nprobe", 8)),
+            ef_search=int(self.params.get("ef_search", 64)),
+        )
+        self.index = index.from_bytes(files["index.faiss"])
         self.image_score = self.params.get("image_score", "map")
         self.num_neighbors = int(self.params.get("num_neighbors", 9))
 

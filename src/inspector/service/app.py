@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inspector import __version__
@@ -30,14 +35,29 @@ from inspector.link.hub import LinkHub
 from inspector.service import server
 from inspector.service.audit import AuditLog
 from inspector.service.broadcast import Broadcaster
-from inspector.service.config import LOOPBACK, Settings
+from inspector.service.config import LOOPBACK, ServiceConfigError, Settings
 from inspector.service.errors import ServiceError
 from inspector.service.line import ServiceControls
 from inspector.service.metrics import ServiceMetrics
+from inspector.service.openapi import allowed_methods, service_openapi, validation_message
 from inspector.service.pipeline import Inspector
 from inspector.service.recipes import served_models
+from inspector.service.refit import RefitManager
 from inspector.service.registry import LoadedModel, ModelRegistry
-from inspector.service.routers import audit, inspect, inspections, links, models, operator, system
+from inspector.service.routers import (
+    audit,
+    drift,
+    inspect,
+    inspections,
+    links,
+    models,
+    operator,
+    refit,
+    shadow,
+    system,
+    versions,
+)
+from inspector.service.security import SecurityHeaders
 from inspector.service.store import InspectionStore
 
 log = logging.getLogger("inspector.service")
@@ -68,18 +88,22 @@ def create_app(settings: Settings) -> FastAPI:
 
         links = app.state.links = LinkHub(build_sinks(settings.links), controls, recipe_selected)
         await asyncio.to_thread(links.start)  # a PLC port in use stops the start, not the first inspection
+        refits = app.state.refits = RefitManager(registry, store.root, audit_log)
+        await asyncio.to_thread(refits.remove_leftovers)  # of re-fits a crash interrupted
         background = asyncio.create_task(_start_and_maintain(inspector, audit_log))
         try:
             yield
         finally:
             background.cancel()
             controls.stopping = True  # the PLC sees Halted while admitted inspections finish
+            await asyncio.to_thread(refits.close)  # a running re-fit is cancelled and removes what it wrote
             await asyncio.to_thread(inspector.queue.shutdown)
+            await asyncio.to_thread(inspector.shadow.shutdown)
             await asyncio.to_thread(links.stop)
             store.close()
             audit_log.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="inspector",
         version=__version__,
         lifespan=lifespan,
@@ -88,11 +112,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.events = Broadcaster()
-    for module in (inspect, inspections, models, links, system, operator, audit):
+    for module in (inspect, inspections, versions, models, shadow, links, system, operator, audit, refit, drift):
         app.include_router(module.router)
     app.add_exception_handler(ServiceError, _service_error(metrics))
+    app.add_exception_handler(RequestValidationError, _validation_error(metrics))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error(metrics))
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     web = settings.web_dir or DEFAULT_WEB_DIR
     if (web / "index.html").is_file():
         app.mount("/", StaticFiles(directory=web, html=True), name="web")
@@ -128,8 +155,38 @@ async def _start_and_maintain(inspector: Inspector, audit: AuditLog) -> None:
 
 
 def _audit_load(audit: AuditLog, entry: LoadedModel) -> None:
-    old = audit.last_value(("model_load", "model_reload"), model=entry.name)
+    old = audit.last_value(("model_load", "model_reload", "model_promote", "model_rollback"), model=entry.name)
     audit.append("model_load", user="service", model=entry.name, old=old, new=entry.version, reason="service start")
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the schema as the service behaves (service/openapi.py)."""
+
+    def openapi(self) -> dict[str, Any]:
+        return service_openapi(self, keys=self.state.settings.has_keys)
+
+
+def _validation_error(metrics: ServiceMetrics):
+    """422 in the service's one error shape, one line naming each invalid field."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        metrics.errors.labels("invalid_request").inc()
+        return JSONResponse({"detail": validation_message(exc)}, status_code=422)
+
+    return handle
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, except for a method the path does not have: 405 with every method it has in `Allow`.
+    (Requests no API route takes reach the web page's static files, which answer 404 or 405 for any path, and
+    one route knows only its own methods.)"""
+    assert isinstance(exc, StarletteHTTPException)
+    allowed = allowed_methods(request.app, request.url.path)
+    if exc.status_code == 405 or (exc.status_code == 404 and allowed and request.method not in allowed):
+        allowed = allowed or ["GET", "HEAD"]  # a static file
+        return JSONResponse({"detail": "method not allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)})
+    return await http_exception_handler(request, exc)
 
 
 def _service_error(metrics: ServiceMetrics):
@@ -198,11 +255,13 @@ def serve(settings: Settings) -> None:
     for spec in specs:
         read_manifest(spec.dir, verify=False)  # fail now, not after the server started, on a wrong path
     host = bind_host(settings)
+    tls = tls_files(settings)
     keys = [role for role, key in (("camera", settings.camera_key), ("operator", settings.operator_key)) if key]
     log.info(
-        "inspector %s serving %s on http://%s:%d; store %s; auth: %s",
+        "inspector %s serving %s on %s://%s:%d; store %s; auth: %s",
         __version__,
         ", ".join(f"{m.name}={m.dir}" for m in specs),
+        "https" if tls else "http",
         host,
         settings.port,
         settings.store.dir,
@@ -215,4 +274,22 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
+        limit_concurrency=settings.max_connections,
+        **tls,
     )
+
+
+def tls_files(settings: Settings) -> dict[str, str]:
+    """uvicorn's TLS options, after loading the pair once, so a wrong path, a key that does not fit the certificate
+    or a passphrase-protected key is one clear config error before the server starts."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return {}
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key, password=""
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ServiceConfigError(
+            f"tls_cert {settings.tls_cert} / tls_key {settings.tls_key} cannot serve HTTPS: {exc}"
+        ) from exc
+    return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}

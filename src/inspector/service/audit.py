@@ -28,7 +28,18 @@ from pydantic import SecretStr
 
 AUDIT_DB = "audit.db"
 AuditKind = Literal[
-    "model_load", "model_reload", "model_unload", "calibration", "review_band", "recipe", "review", "key"
+    "model_load",
+    "model_reload",
+    "model_unload",
+    "model_shadow",
+    "model_promote",
+    "model_rollback",
+    "calibration",
+    "review_band",
+    "recipe",
+    "review",
+    "key",
+    "refit",
 ]
 _PBKDF2_ROUNDS = 200_000  # a start-up cost of a fraction of a second; makes guessing a key from its print slow
 _BATCH = 500

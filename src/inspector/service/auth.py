@@ -1,13 +1,13 @@
 """API keys: cameras may inspect and read records; operators may do everything (review, calibration, reload).
 
 Keys come in the `X-API-Key` header (or `Authorization: Bearer <key>`), never in the URL, so access logs and
-proxies never see them; comparisons are constant-time. With no key configured every request is allowed,
-which is why `serve` then binds to loopback unless told otherwise.
+proxies never see them; comparisons are constant-time, and a config may hold a key's hash instead of the key
+(service/keys.py). With no key configured every request is allowed, which is why `serve` then binds to loopback
+unless told otherwise.
 """
 
 from __future__ import annotations
 
-import hmac
 from enum import StrEnum
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from inspector.service.config import Settings
+from inspector.service.keys import key_matches
 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="camera or operator key")
 _bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
@@ -30,7 +31,7 @@ def role_of(settings: Settings, key: str | None) -> Role | None:
     if not key:
         return None
     for role, secret in ((Role.operator, settings.operator_key), (Role.camera, settings.camera_key)):
-        if secret is not None and hmac.compare_digest(key.encode(), secret.get_secret_value().encode()):
+        if secret is not None and key_matches(key, secret.get_secret_value()):
             return role
     return None
 

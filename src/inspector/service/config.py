@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from inspector.common.errors import InspectorError
 from inspector.link.settings import LinkSettings
+from inspector.service.keys import check_configured
 
 ENV_PREFIX = "INSPECTOR_"
 CONFIG_ENV = "INSPECTOR_SERVICE_CONFIG"
@@ -70,7 +71,13 @@ class StoreSettings(BaseModel):
         description="disk budget for records and files; oldest deleted beyond it (null: no budget)",
     )
     min_free_disk_mb: float = Field(
-        default=1024.0, ge=0, description="refuse new inspections (503) while the disk has less free space than this"
+        default=1024.0, ge=0, description="keep this much disk free: below it inspections are not recorded (when_full)"
+    )
+    when_full: Literal["inspect", "refuse"] = Field(
+        default="inspect",
+        description="below min_free_disk_mb or when a write finds the disk full: `inspect` answers inspections "
+        "unrecorded (recorded: false, counted, named in /readyz); `refuse` answers 503 (a line that may not pass a "
+        "part without its record)",
     )
     keep_reviewed: bool = Field(
         default=True, description="age retention spares operator-reviewed records (the disk budget still applies)"
@@ -94,16 +101,29 @@ class Settings(BaseModel):
         description="every folder below it holding a model is a recipe named after the folder, after `models`, "
         "in sorted order; operators load more from it at run time (POST /v1/models)",
     )
+    golden_dir: Path = Field(
+        default=Path("golden"),
+        description="golden samples per recipe, <golden_dir>/<recipe>/{good,defect}/: images a shadow version "
+        "must judge as labelled before it may be promoted (`inspector gate` checks the same)",
+    )
     model_memory_budget_mb: float | None = Field(
         default=None,
         gt=0,
         description="MiB; refuse a model load whose file sizes would take the loaded models (each counted at its "
         "measured RSS growth or file sizes, whichever is larger) over this (null: no budget)",
     )
-    camera_key: SecretStr | None = Field(default=None, description="API key for cameras: inspect and read records")
-    operator_key: SecretStr | None = Field(
-        default=None, description="API key for operators: everything, incl. review, calibration and reload"
+    camera_key: SecretStr | None = Field(
+        default=None,
+        description="API key for cameras: inspect and read records (the key, or its hash from `inspector keys hash`)",
     )
+    operator_key: SecretStr | None = Field(
+        default=None,
+        description="API key for operators: everything, incl. review, calibration and reload (key or its hash)",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) to serve HTTPS with; needs tls_key (null: plain HTTP)"
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
     allow_remote_without_keys: bool = Field(
         default=False, description="without any key the service binds to loopback only unless this is true"
     )
@@ -118,6 +138,14 @@ class Settings(BaseModel):
     max_image_mb: float = Field(default=20.0, gt=0, description="largest accepted upload, in MiB (413 beyond)")
     max_image_pixels: int = Field(
         default=40_000_000, gt=0, description="largest accepted image, width x height (413 beyond)"
+    )
+    upload_timeout_s: float = Field(
+        default=10.0, gt=0, description="seconds an upload may take to arrive in full (408 beyond: a stalled sender)"
+    )
+    max_connections: int = Field(
+        default=64,
+        ge=2,
+        description="open HTTP connections served at once, operator pages' event streams included (503 beyond)",
     )
     max_regions: int = Field(
         default=50, ge=0, description="at most this many defect regions per inspection, highest first"
@@ -140,6 +168,13 @@ class Settings(BaseModel):
             return [ModelSpec.parse(str(v)) if isinstance(v, (str, Path)) else v for v in value]
         return value
 
+    @field_validator("camera_key", "operator_key")
+    @classmethod
+    def _key_or_hash(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_configured(value.get_secret_value())
+        return value
+
     @field_validator("models")
     @classmethod
     def _unique_names(cls, value: list[ModelSpec]) -> list[ModelSpec]:
@@ -147,6 +182,12 @@ class Settings(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}; name them with NAME=DIR")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both for HTTPS, or neither")
+        return self
 
     @property
     def has_keys(self) -> bool:
@@ -215,8 +256,16 @@ def load_settings(
         return Settings.model_validate(data)
     except ValidationError as exc:
         source = f" (file {config})" if config else ""
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e["loc"], e["type"], e["msg"]) for e in exc.errors())
         raise ServiceConfigError(f"invalid service settings{source}: {problems}") from exc
+
+
+def _problem(location: tuple[int | str, ...], kind: str, message: str) -> str:
+    """One validation error as a person fixes it: the dotted key first, and an unknown key called unknown."""
+    key = ".".join(str(part) for part in location)
+    if kind == "extra_forbidden":
+        return f"unknown key {key!r} (see `inspector serve --help` for the keys)"
+    return f"{key or '(top level)'}: {message}"
 
 
 def settings_help() -> str:

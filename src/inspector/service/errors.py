@@ -36,6 +36,13 @@ class TooLarge(ServiceError):
     reason = "too_large"
 
 
+class TooSlow(ServiceError):
+    """The upload did not arrive within upload_timeout_s (a stalled camera or a slow-loris client)."""
+
+    status = 408
+    reason = "upload_timeout"
+
+
 class Unavailable(ServiceError):
     """The service cannot take the request now (queue full, disk floor, starting); the caller should retry."""
 

@@ -57,7 +57,8 @@ class ServiceControls:
 
     def line_status(self) -> LineStatus:
         registry, store = self.inspector.registry, self.inspector.store
-        error = registry.error or (None if store.disk_ok() else "store disk below store.min_free_disk_mb")
+        refusing = store.settings.when_full == "refuse" and not store.disk_ok()  # else it inspects unrecorded
+        error = registry.error or ("store disk below store.min_free_disk_mb" if refusing else None)
         state: MachineState
         if self.stopping:
             state = "Halted"
@@ -72,6 +73,7 @@ class ServiceControls:
             error=error,
             recipes=self.recipes(),
             selected_recipe=0,
+            drift=self.inspector.drift.alarmed(),
         )
 
     def recipes(self) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ Each app gets its own registry, so several apps in one process (tests) never sha
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -62,6 +64,12 @@ class ServiceMetrics:
         self.store_records = Gauge("inspector_store_records", "Inspection records in the store", registry=r)
         self.store_bytes = Gauge("inspector_store_bytes", "Bytes of stored images and maps", registry=r)
         self.retention_deleted = Counter("inspector_retention_deleted", "Records deleted by retention", registry=r)
+        self.unrecorded = Counter(
+            "inspector_unrecorded_inspections",
+            "Inspections answered without a record (disk below its floor or full), by model",
+            ["model"],
+            registry=r,
+        )
         self.link_up = Gauge(
             "inspector_link_up", "Line link listening or connected (1) or down (0)", ["link", "kind"], registry=r
         )
@@ -83,6 +91,44 @@ class ServiceMetrics:
             ["model"],
             registry=r,
         )
+        self.shadow_inspections = Counter(
+            "inspector_shadow_inspections",
+            "Inspections a recipe's shadow version scored, by whether its verdict agreed with the active one's",
+            ["model", "agreement"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "inspector_shadow_skipped",
+            "Inspections the shadow version did not score: it fell behind (queue full) or failed (error)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "inspector_drift_alarm", "Drift alarm on (1) or off (0), per recipe", ["model"], registry=r
+        )
+        self.drift_psi = Gauge(
+            "inspector_drift_psi",
+            "Population stability index of the rolling window against the reference",
+            ["model", "statistic"],
+            registry=r,
+        )
+        self.drift_ks_p = Gauge(
+            "inspector_drift_ks_pvalue",
+            "Two-sample Kolmogorov-Smirnov p-value of the rolling window against the reference",
+            ["model", "statistic"],
+            registry=r,
+        )
+
+    def set_drift(self, recipes: list[dict[str, Any]]) -> None:
+        """Drift watch as read at scrape time (service.drift snapshots), replacing what was shown before."""
+        for gauge in (self.drift_alarm, self.drift_psi, self.drift_ks_p):
+            gauge.clear()
+        for recipe in recipes:
+            self.drift_alarm.labels(recipe["model"]).set(1 if recipe["alarm"] else 0)
+            for name, stat in recipe["statistics"].items():
+                if stat["psi"] is not None:
+                    self.drift_psi.labels(recipe["model"], name).set(stat["psi"])
+                    self.drift_ks_p.labels(recipe["model"], name).set(stat["ks_p"])
 
     def set_links(self, links: list[SinkHealth]) -> None:
         """The line links' state as read at scrape time (their counters live in the sinks)."""

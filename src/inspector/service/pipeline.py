@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from inspector.components.drift import image_statistics
 from inspector.service.analysis import Analysis, analyze
 from inspector.service.config import Settings
+from inspector.service.drift import DriftWatch
 from inspector.service.errors import Conflict
+from inspector.service.golden_samples import GoldenSets
 from inspector.service.images import Upload, decode_upload
 from inspector.service.metrics import ServiceMetrics
 from inspector.service.queue import WorkQueue, queue_full
 from inspector.service.registry import LoadedModel, ModelRegistry
-from inspector.service.store import InspectionRecord, InspectionStore, StoreReader, new_id
+from inspector.service.shadow import ShadowScorer
+from inspector.service.store import InspectionRecord, InspectionStore, StoredFiles, StoreReader
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Scored:
     upload: Upload
     analysis: Analysis
     timings_ms: dict[str, float]
+    image_stats: dict[str, float] = field(default_factory=dict)  # for drift watch, taken on the worker
 
 
 class Inspector:
@@ -44,6 +49,9 @@ class Inspector:
         self.reader = StoreReader(store.root)
         self.metrics = metrics
         self.queue = WorkQueue(settings.workers, settings.queue_size, metrics)
+        self.shadow = ShadowScorer(registry, store, metrics)
+        self.golden = GoldenSets(settings.golden_dir)
+        self.drift = DriftWatch()
 
     def publish_models(self) -> None:
         self.metrics.set_models(
@@ -83,42 +91,51 @@ class Inspector:
         upload = decode_upload(data, self.settings.max_image_pixels)
         decode_ms = (time.perf_counter() - start) * 1e3
         analysis = analyze(entry.scorer, entry.map_threshold, upload.rgb, self.settings.max_regions)
-        return Scored(entry, upload, analysis, {"queue": queue_ms, "decode": decode_ms, **analysis.timings_ms})
+        timings = {"queue": queue_ms, "decode": decode_ms, **analysis.timings_ms}
+        return Scored(entry, upload, analysis, timings, image_statistics(upload.rgb))
 
     def _persist(self, scored: Scored, meta: Mapping[str, str | None], arrived: float) -> InspectionRecord:
         entry, upload, analysis, cal = scored.entry, scored.upload, scored.analysis, scored.entry.calibration
         created = round(time.time(), 6)  # microseconds: exactly what the API shows and filters on
-        record_id = new_id(created)
+        record_id = self.store.new_id(created)
         start = time.perf_counter()
-        files = self.store.write_files(record_id, created, upload.data, upload.suffix, analysis.map)
-        now = time.perf_counter()
-        timings = {**scored.timings_ms, "store": (now - start) * 1e3, "total": (now - arrived) * 1e3}
-        record = InspectionRecord(
-            id=record_id,
-            created=created,
-            model=entry.name,
-            model_version=entry.version,
-            calibrated=cal is not None,
-            calibration=cal.name if cal else None,
-            verdict=cal.verdict(analysis.score) if cal else None,
-            score=analysis.score,
-            normalized_score=cal.normalized(analysis.score) if cal else None,
-            threshold=cal.image_threshold if cal else None,
-            pixel_threshold=entry.map_threshold,
-            regions=tuple(analysis.regions),
-            width=upload.rgb.shape[1],
-            height=upload.rgb.shape[0],
-            media_type=upload.media_type,
-            preprocessing=entry.scorer.preprocessing,
-            timings_ms={k: round(v, 3) for k, v in timings.items()},
-            part_id=meta.get("part_id"),
-            meas_id=meta.get("meas_id"),
-            line=meta.get("line"),
-            camera=meta.get("camera"),
-            image_file=files.image_file,
-            map_file=files.map_file,
-            bytes=files.nbytes,
-        )
-        stored = self.store.insert(record)
-        self.metrics.observe_inspection(entry.name, record.verdict, timings)
-        return stored
+
+        def build(files: StoredFiles | None) -> InspectionRecord:
+            now = time.perf_counter()
+            timings = {**scored.timings_ms, "store": (now - start) * 1e3, "total": (now - arrived) * 1e3}
+            return InspectionRecord(
+                id=record_id,
+                created=created,
+                model=entry.name,
+                model_version=entry.version,
+                calibrated=cal is not None,
+                calibration=cal.name if cal else None,
+                verdict=cal.verdict(analysis.score) if cal else None,
+                score=analysis.score,
+                normalized_score=cal.normalized(analysis.score) if cal else None,
+                threshold=cal.image_threshold if cal else None,
+                pixel_threshold=entry.map_threshold,
+                regions=tuple(analysis.regions),
+                width=upload.rgb.shape[1],
+                height=upload.rgb.shape[0],
+                media_type=upload.media_type,
+                preprocessing=entry.scorer.preprocessing,
+                timings_ms={k: round(v, 3) for k, v in timings.items()},
+                part_id=meta.get("part_id"),
+                meas_id=meta.get("meas_id"),
+                line=meta.get("line"),
+                camera=meta.get("camera"),
+                image_file=files.image_file if files else "",
+                map_file=files.map_file if files else "",
+                bytes=files.nbytes if files else 0,
+                image_stats=scored.image_stats or None,
+            )
+
+        record = self.store.record(record_id, created, (upload.data, upload.suffix, analysis.map), build)
+        if record.recorded:
+            self.shadow.submit(record, upload.rgb)  # after the commit; never waits, never changes the answer
+        else:
+            self.metrics.unrecorded.labels(entry.name).inc()
+        self.drift.observe(entry, record.verdict, record.score, record.image_stats, created)
+        self.metrics.observe_inspection(entry.name, record.verdict, record.timings_ms)
+        return record

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from inspector.calibration import Verdict
 from inspector.service.audit import AuditKind, AuditRecord
+from inspector.service.refit import RefitJob, RefitStage, RefitState
 from inspector.service.store import InspectionRecord, ReviewVerdict
 
 
@@ -73,9 +75,16 @@ class Inspection(BaseModel):
     meas_id: str | None = Field(default=None, description="measurement id (from the camera or the PLC)")
     line: str | None = None
     camera: str | None = None
-    image_url: str
-    heatmap_url: str = Field(description="overlay of map on image (PNG, rendered on request)")
-    map_url: str = Field(description="raw map as 16-bit PNG in original pixels; X-Map-Scale = score at 65535")
+    recorded: bool = Field(
+        default=True, description="false: answered while the store's disk was full, so there is no record or picture"
+    )
+    image_url: str | None = Field(description="null when not recorded")
+    heatmap_url: str | None = Field(
+        description="overlay of map on image (PNG, rendered on request); null: not recorded"
+    )
+    map_url: str | None = Field(
+        description="raw map as 16-bit PNG in original pixels; X-Map-Scale = score at 65535; null: not recorded"
+    )
     timings_ms: Timings
     review: Review | None = None
 
@@ -111,9 +120,10 @@ class Inspection(BaseModel):
             meas_id=record.meas_id,
             line=record.line,
             camera=record.camera,
-            image_url=f"{base}/image",
-            heatmap_url=f"{base}/heatmap.png",
-            map_url=f"{base}/map.png",
+            recorded=record.recorded,
+            image_url=f"{base}/image" if record.recorded else None,
+            heatmap_url=f"{base}/heatmap.png" if record.recorded else None,
+            map_url=f"{base}/map.png" if record.recorded else None,
             timings_ms=Timings.model_validate(record.timings_ms),
             review=review,
         )
@@ -166,6 +176,16 @@ class ActivateCalibration(BaseModel):
 
 
 class LoadModelRequest(BaseModel):
+    # `dir` or `name` (or both) must be given: said in the schema so that clients (and fuzzers) know it.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["dir"], "properties": {"dir": {"type": "string", "minLength": 1}}},
+                {"required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}},
+            ]
+        }
+    )
+
     dir: str | None = Field(
         default=None, description="model directory: absolute, or relative to models_dir (and inside it)"
     )
@@ -178,6 +198,108 @@ class LoadModelRequest(BaseModel):
 class ReloadRequest(BaseModel):
     model: str | None = Field(default=None, description="model to reload; all when null")
     reason: str = Field(default="", max_length=2000, description="why, for the audit log")
+
+
+class ShadowRequest(BaseModel):
+    dir: str = Field(description="the version's model directory: absolute, or relative to models_dir (and inside it)")
+    reason: str = Field(default="", max_length=2000, description="why, for the audit log")
+
+
+class VersionChange(BaseModel):
+    reason: str = Field(default="", max_length=2000, description="why, for the audit log")
+
+
+class VersionRef(BaseModel):
+    version: str = Field(description="first 12 hex digits of the model manifest's sha256")
+    dir: str
+    in_memory: bool = Field(description="loaded: a rollback to it is a swap; otherwise it loads first")
+
+
+class GoldenSetInfo(BaseModel):
+    """A recipe's golden samples: images a version must judge as labelled before it may be promoted."""
+
+    dir: str
+    good: int
+    defect: int
+    samples: list[str] = Field(description="good/NAME and defect/NAME")
+
+
+class SeedGolden(BaseModel):
+    inspections: list[str] | None = Field(
+        default=None, description="reviewed inspections of the recipe to add; null: every reviewed one"
+    )
+
+
+class GoldenCheckInfo(BaseModel):
+    name: str = Field(description="good/NAME or defect/NAME")
+    expected: Verdict
+    verdict: Verdict | None = Field(description="the version's verdict; null when the image could not be read")
+    score: float | None
+    normalized_score: float | None
+    failed: bool
+    problem: str = Field(description="why it failed, empty when it passed")
+
+
+class GateResult(BaseModel):
+    """The golden-sample gate of one version: passed when no golden image is judged against its label."""
+
+    model: str
+    version: str
+    checked: bool = Field(description="false: the recipe has no golden samples, so nothing was checked")
+    passed: bool
+    summary: str
+    calibration: str | None
+    failures: list[str] = Field(description="one line per failed golden image")
+    checks: list[GoldenCheckInfo]
+
+
+class RecipeVersions(BaseModel):
+    """A recipe's versions: the one that serves, the one in shadow, the one a rollback returns to."""
+
+    name: str
+    recipe_number: int = Field(description="what the PLC selects (1-based); never changes with a promotion")
+    active: ModelInfo
+    shadow: ModelInfo | None
+    previous: VersionRef | None
+    versions_dir: str = Field(description="where new versions of the recipe go by convention")
+    golden: GoldenSetInfo
+
+
+class ShadowResult(BaseModel):
+    """How the shadow version judged one inspection; never told to the line."""
+
+    inspection_id: str
+    recipe: str
+    shadow_version: str
+    calibration: str | None
+    score: float
+    normalized_score: float | None
+    verdict: Verdict | None
+    heatmap_url: str = Field(description="the shadow's map over the image (PNG), beside the active's heatmap_url")
+
+
+class VerdictPair(BaseModel):
+    active: str = Field(description="pass, review, fail or none (not judged)")
+    shadow: str
+    count: int
+
+
+class Disagreement(BaseModel):
+    inspection: Inspection
+    shadow: ShadowResult
+
+
+class DisagreementPage(BaseModel):
+    """Inspections the active and the shadow version judged differently, newest first, with the counts by
+    verdict pair over every inspection the shadow scored."""
+
+    model: str
+    shadow_version: str
+    agree: int
+    disagree: int
+    pairs: list[VerdictPair]
+    items: list[Disagreement]
+    next_cursor: str | None
 
 
 class Health(BaseModel):
@@ -262,8 +384,133 @@ class AuditPage(BaseModel):
     next_cursor: int | None
 
 
+class RefitRequest(BaseModel):
+    reason: str = Field(default="", max_length=2000, description="why, for the audit log")
+
+
+class RefitInfo(BaseModel):
+    """One background re-fit of a recipe: from the reviewed images to a new version landed as its shadow."""
+
+    id: str
+    model: str = Field(description="the recipe re-fitted")
+    state: RefitState
+    stage: RefitStage = Field(description="dataset, fit, calibrate, load (as the shadow), done")
+    step: str | None = Field(description="the stage's current step as the fit reports it (features, coreset, ...)")
+    percent: float = Field(description="of the current stage (or step)")
+    elapsed_s: float
+    started: datetime
+    finished: datetime | None
+    user: str = Field(description="role of the key that started it")
+    operator: str | None
+    reason: str
+    message: str = Field(description="how it ended: the new version, or why it failed")
+    version: str | None = Field(description="the new version's folder, once landed as the shadow")
+    dir: str | None
+    counts: dict[str, int] = Field(
+        description="train_images, train_reviewed_good, calibration_good, calibration_defect"
+    )
+    notes: list[str] = Field(description="what the operator should know, e.g. calibrated on good images only")
+    stages_s: dict[str, float] = Field(description="seconds after the start at which each stage began")
+
+    @classmethod
+    def from_job(cls, job: RefitJob) -> RefitInfo:
+        return cls(
+            id=job.id,
+            model=job.model,
+            state=job.state,
+            stage=job.stage,
+            step=job.step,
+            percent=round(job.percent, 1),
+            elapsed_s=round(job.elapsed_s, 1),
+            started=_time(job.started),
+            finished=_time(job.finished) if job.finished is not None else None,
+            user=job.user,
+            operator=job.operator,
+            reason=job.reason,
+            message=job.message,
+            version=job.version,
+            dir=job.dir,
+            counts=dict(job.counts),
+            notes=list(job.notes),
+            stages_s=dict(job.stages_s),
+        )
+
+
+class DriftRuleInfo(BaseModel):
+    """The alarm rule (components.drift): a statistic drifts at a check when PSI > psi_alarm and the smaller of
+    the KS and rank-sum p-values < alpha on a full window; the alarm rises after raise_after such checks in a row
+    and clears after clear_after checks on which no statistic had PSI > psi_alarm with a p-value < clear_alpha."""
+
+    window: int
+    bins: int
+    psi_alarm: float
+    alpha: float
+    clear_alpha: float
+    raise_after: int
+    clear_after: int
+    bootstrap: int = Field(description="values taken as the reference where the model directory has none")
+
+
+class DriftStatistic(BaseModel):
+    """One monitored statistic of one recipe: the last check and the recent series for plots."""
+
+    name: str = Field(description="score (pass scores), brightness, contrast or sharpness")
+    status: str = Field(description="collecting its reference, filling the window, or checked")
+    psi: float | None = Field(description="population stability index of the window against the reference")
+    ks_statistic: float | None
+    ks_p: float | None = Field(description="two-sample Kolmogorov-Smirnov p-value")
+    rank_p: float | None = Field(description="Mann-Whitney rank-sum p-value (a shift of the whole distribution)")
+    drifting: bool = Field(description="PSI and KS p both past their limits at the last check")
+    window: int = Field(description="values in the rolling window")
+    observed: int
+    window_mean: float | None
+    reference_n: int
+    reference_source: str = Field(description="e.g. 'fit: 762 training images' or 'first 200 inspections ...'")
+    reference_bootstrapped: bool = Field(description="the reference is the first inspections after load")
+    reference_band: list[float] | None = Field(description="the reference's 5th, 50th and 95th percentiles")
+    values: list[list[float]] = Field(description="recent [unix time, value]")
+    checks: list[list[float]] = Field(description="recent [unix time, PSI, KS p, rank-sum p]")
+
+
+class RecipeDrift(BaseModel):
+    model: str
+    model_version: str
+    started: datetime = Field(description="when this model version's monitor started")
+    alarm: bool
+    since: datetime | None = Field(description="when the alarm was raised, or last cleared")
+    triggered_by: list[str]
+    alarms_raised: int
+    rule: DriftRuleInfo
+    statistics: dict[str, DriftStatistic]
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any]) -> RecipeDrift:
+        since = snapshot["since"]
+        return cls.model_validate(
+            {**snapshot, "started": _time(snapshot["started"]), "since": _time(since) if since is not None else None}
+        )
+
+
+class DriftReport(BaseModel):
+    """GET /v1/drift: every served recipe's drift watch."""
+
+    alarm: bool = Field(description="a drift alarm is on for some recipe")
+    recipes: list[RecipeDrift]
+
+
 class ErrorBody(BaseModel):
     detail: str
+
+
+def _iso_only(value: object) -> object:
+    """Refuse a bare number where a time is asked for: pydantic would read it as seconds since 1970, which the
+    schema (ISO 8601) does not promise and a typo should not silently become."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", value):
+        raise ValueError("a time is ISO 8601, e.g. 2026-12-06T06:00:00Z, not a number")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def _time(unix: float) -> datetime:

@@ -22,6 +22,7 @@ page load never waits behind the store's lock and the inspection path never wait
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -31,7 +32,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -83,7 +84,53 @@ CREATE INDEX IF NOT EXISTS inspections_created ON inspections (created);
 CREATE INDEX IF NOT EXISTS inspections_model ON inspections (model, id);
 CREATE INDEX IF NOT EXISTS inspections_verdict ON inspections (verdict, id);
 CREATE INDEX IF NOT EXISTS inspections_reviewed ON inspections (review_verdict, id) WHERE review_verdict IS NOT NULL;
+CREATE TABLE IF NOT EXISTS shadow_results (
+    inspection_id TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    shadow_version TEXT NOT NULL,
+    score REAL NOT NULL,
+    normalized_score REAL,
+    verdict TEXT,
+    map_file TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (inspection_id, shadow_version)
+);
+CREATE INDEX IF NOT EXISTS shadow_results_recipe ON shadow_results (recipe, shadow_version, inspection_id);
 """
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShadowRecord:
+    """How a recipe's shadow version judged a recorded inspection (never told to the line). `map_file` is relative
+    to the files folder, beside the inspection's own; `preprocessing` is the shadow's, so its map can be drawn."""
+
+    inspection_id: str
+    recipe: str
+    shadow_version: str
+    calibration: str | None
+    score: float
+    normalized_score: float | None
+    verdict: Verdict | None
+    pixel_threshold: float | None
+    preprocessing: Preprocessing
+    map_file: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ShadowRecord:
+        data = json.loads(row["data"])
+        return cls(
+            inspection_id=row["inspection_id"],
+            recipe=row["recipe"],
+            shadow_version=row["shadow_version"],
+            calibration=data["calibration"],
+            score=row["score"],
+            normalized_score=row["normalized_score"],
+            verdict=row["verdict"],
+            pixel_threshold=data["pixel_threshold"],
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            map_file=row["map_file"],
+        )
 
 
 class StoreNotFound(InspectorError, FileNotFoundError):
@@ -127,6 +174,8 @@ class InspectionRecord:
     review_note: str | None = None
     review_operator: str | None = None
     reviewed_at: float | None = None
+    image_stats: dict[str, float] | None = None  # brightness, contrast, sharpness (components.drift)
+    recorded: bool = True  # False: answered while recording failed (disk full); then there is no row and no file
 
     def data_json(self) -> str:
         """The `data` column: every field that is not a column, in the key order earlier versions wrote (then
@@ -148,6 +197,7 @@ class InspectionRecord:
                 "timings_ms": self.timings_ms,
                 # Written only when there is one, so a record without it stores the bytes earlier versions did.
                 **({"meas_id": self.meas_id} if self.meas_id is not None else {}),
+                **({"image_stats": self.image_stats} if self.image_stats is not None else {}),
             }
         )
 
@@ -183,6 +233,7 @@ class InspectionRecord:
             review_note=row["review_note"],
             review_operator=row["review_operator"],
             reviewed_at=row["reviewed_at"],
+            image_stats=data.get("image_stats"),  # absent in stores written before drift watch
         )
 
     def _columns(self) -> dict[str, Any]:
@@ -309,6 +360,82 @@ class _Records:
             if cursor is None:
                 return
 
+    def shadow_results(self, inspection_id: str) -> list[ShadowRecord]:
+        """How each shadow version judged one inspection."""
+        rows = self._rows("SELECT * FROM shadow_results WHERE inspection_id = ? ORDER BY rowid", (inspection_id,))
+        return [ShadowRecord.from_row(r) for r in rows]
+
+    def disagreements(
+        self, recipe: str, shadow_version: str, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[tuple[InspectionRecord, ShadowRecord]], str | None]:
+        """Inspections whose active and shadow verdicts differ, newest first, keyset-paginated on the id."""
+        sql = (
+            "SELECT s.* FROM shadow_results s JOIN inspections i ON i.id = s.inspection_id WHERE s.recipe = ? "
+            "AND s.shadow_version = ? AND i.verdict IS NOT s.verdict"
+        )
+        args: tuple[Any, ...] = (recipe, shadow_version)
+        if cursor is not None:
+            sql, args = f"{sql} AND s.inspection_id < ?", (*args, cursor)
+        rows = self._rows(f"{sql} ORDER BY s.inspection_id DESC LIMIT ?", (*args, limit + 1))
+        pairs = []
+        for row in rows[:limit]:
+            record = self.get(row["inspection_id"])
+            if record is not None:  # deleted by retention between the two queries
+                pairs.append((record, ShadowRecord.from_row(row)))
+        return pairs, (rows[limit - 1]["inspection_id"] if len(rows) > limit else None)
+
+    def shadow_counts(self, recipe: str, shadow_version: str) -> dict[tuple[str, str], int]:
+        """How many inspections got each (active verdict, shadow verdict) pair; 'none' for not judged."""
+        rows = self._rows(
+            "SELECT COALESCE(i.verdict, 'none'), COALESCE(s.verdict, 'none'), COUNT(*) FROM shadow_results s "
+            "JOIN inspections i ON i.id = s.inspection_id WHERE s.recipe = ? AND s.shadow_version = ? GROUP BY 1, 2",
+            (recipe, shadow_version),
+        )
+        return {(active, shadow): count for active, shadow, count in rows}
+
+
+class RecordingHealth:
+    """Whether inspections are being recorded: since when they are not, why, and how many went unrecorded (the
+    line keeps being answered meanwhile; /readyz, /metrics and the page show this)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None  # the first failure of the current spell
+        self.reason: str | None = None
+        self.unrecorded = 0  # in the current spell
+        self.total_unrecorded = 0  # since start
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            if self.since is None:
+                self.since = time.time()
+                log.error("inspections are not being recorded: %s", reason)
+            self.reason = reason
+            self.unrecorded += 1
+            self.total_unrecorded += 1
+
+    def succeeded(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            log.warning("recording resumed; %d inspections were answered without a record", self.unrecorded)
+            self.since, self.reason, self.unrecorded = None, None, 0
+
+    @property
+    def problem(self) -> str | None:
+        """One line for /readyz and the page, or None while recording works."""
+        with self._lock:
+            if self.since is None:
+                return None
+            when = time.strftime("%H:%M:%S", time.gmtime(self.since))
+            return f"inspections not recorded since {when} UTC ({self.unrecorded} so far): {self.reason}"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "full" in str(exc)  # sqlite3: "database or disk is full"
+
 
 class InspectionStore(_Records):
     """Thread-safe: one SQLite connection behind a lock (records are small; fsyncs dominate, not queries)."""
@@ -329,6 +456,18 @@ class InspectionStore(_Records):
         self._count, self._bytes = self._conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM inspections"
         ).fetchone()
+        self._bytes += self._conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM shadow_results").fetchone()[0]
+        self.recording = RecordingHealth()
+        newest = self._conn.execute("SELECT MAX(id) FROM inspections").fetchone()[0]
+        self._last_ms = int(newest[:12], 16) if newest else 0
+
+    def new_id(self, created: float) -> str:
+        """An id for a record made at `created` that sorts after every id already issued (its time part at least
+        a millisecond on), even when the clock is set back (NTP, a PLC setting the box's time): pages and the disk
+        budget's oldest-first deletion follow the order of inspections, while `created` keeps the clock's word."""
+        with self._lock:
+            self._last_ms = max(int(created * 1000), self._last_ms + 1)
+            return f"{self._last_ms:012x}{secrets.token_hex(6)}"
 
     def close(self) -> None:
         with self._lock:
@@ -337,8 +476,9 @@ class InspectionStore(_Records):
     # ---- writing --------------------------------------------------------------------------------------------
 
     def check_space(self) -> None:
-        """Refuse new work while free disk is below the floor: a full disk would corrupt more than one record."""
-        if not self.disk_ok():
+        """With `when_full: refuse`, refuse new work while free disk is below the floor (else it is inspected and
+        not recorded, see `recording`)."""
+        if self.settings.when_full == "refuse" and not self.disk_ok():
             floor = self.settings.min_free_disk_mb
             raise Unavailable(
                 f"store disk has less than {floor:g} MiB free; inspections are refused", "disk_full", retry_after=60
@@ -346,6 +486,37 @@ class InspectionStore(_Records):
 
     def disk_ok(self) -> bool:
         return shutil.disk_usage(self.root).free >= self.settings.min_free_disk_mb * 1024 * 1024
+
+    def record(
+        self,
+        record_id: str,
+        created: float,
+        files: tuple[bytes, str, np.ndarray],
+        build: Callable[[StoredFiles | None], InspectionRecord],
+    ) -> InspectionRecord:
+        """Write the files (image bytes, suffix, map), commit the record `build` makes of them, and return it as
+        stored. When the disk is below its floor or a write finds it full (ENOSPC, EDQUOT, SQLite's "disk is
+        full"), nothing of it is kept, the failure is counted in `recording`, and the record `build(None)` makes
+        comes back with `recorded=False`; the next inspection tries again, so recording resumes with space."""
+        if not self.disk_ok():
+            self.recording.failed("free disk below store.min_free_disk_mb")
+            return replace(build(None), recorded=False)
+        try:
+            stored = self.insert(build(self.write_files(record_id, created, *files)))
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not _disk_full(exc):
+                raise
+            self._discard(record_id, created)
+            self.recording.failed(f"the disk is full ({exc})")
+            return replace(build(None), recorded=False)
+        self.recording.succeeded()
+        return stored
+
+    def _discard(self, record_id: str, created: float) -> None:
+        """Remove whatever a failed write left of a record's files."""
+        folder = self.files / time.strftime("%Y%m%d", time.gmtime(created))
+        for path in folder.glob(f"{record_id}*"):
+            path.unlink(missing_ok=True)
 
     def write_files(
         self, record_id: str, created: float, image: bytes, image_ext: str, amap: np.ndarray
@@ -385,6 +556,49 @@ class InspectionStore(_Records):
                 (verdict, note, operator, time.time(), record_id),
             )
         return self.get(record_id) if cur.rowcount else None
+
+    def shadow_map_file(self, inspection: InspectionRecord, shadow_version: str) -> str:
+        """Where a shadow's map of an inspection goes: beside the inspection's files, named by its id (so
+        clean-up after a crash and retention treat it with them)."""
+        return f"{Path(inspection.map_file).parent}/{inspection.id}.shadow-{shadow_version}{MAP_SUFFIX}"
+
+    def insert_shadow(self, result: ShadowRecord, amap: np.ndarray) -> bool:
+        """Write the shadow's map, then its row, only while the inspection is still stored; False (and nothing
+        kept) when retention deleted it meanwhile."""
+        path = self.path(result.map_file)
+        data = _npy_bytes(amap.astype(np.float16))
+        try:
+            write_atomic(path, data)
+        except FileNotFoundError:  # the inspection's day folder is gone with it
+            return False
+        extra = {
+            "calibration": result.calibration,
+            "pixel_threshold": result.pixel_threshold,
+            "preprocessing": result.preprocessing.to_dict(),
+        }
+        values = (
+            result.inspection_id,
+            result.recipe,
+            result.shadow_version,
+            result.score,
+            result.normalized_score,
+            result.verdict,
+            result.map_file,
+            len(data),
+            json.dumps(extra),
+        )
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "INSERT OR REPLACE INTO shadow_results (inspection_id, recipe, shadow_version, score, "
+                "normalized_score, verdict, map_file, bytes, data) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM inspections WHERE id = ?)",
+                (*values, result.inspection_id),
+            )
+            if cur.rowcount:
+                self._bytes += len(data)
+        if not cur.rowcount:
+            path.unlink(missing_ok=True)
+        return bool(cur.rowcount)
 
     # ---- reading ----------------------------------------------------------------------------------------------
 
@@ -454,13 +668,20 @@ class InspectionStore(_Records):
 
     def _delete(self, batch: list[tuple[str, str, str, int]]) -> int:
         ids = [b[0] for b in batch]
-        with self._lock, self._conn:
-            self._conn.execute(f"DELETE FROM inspections WHERE id IN ({','.join('?' * len(ids))})", ids)
+        marks = ",".join("?" * len(ids))
+        with self._lock, self._conn:  # a record's shadow results go with it, in the same transaction
+            shadows = self._conn.execute(
+                f"SELECT map_file, bytes FROM shadow_results WHERE inspection_id IN ({marks})", ids
+            ).fetchall()
+            self._conn.execute(f"DELETE FROM shadow_results WHERE inspection_id IN ({marks})", ids)
+            self._conn.execute(f"DELETE FROM inspections WHERE id IN ({marks})", ids)
             self._count -= len(batch)
-            self._bytes -= sum(b[3] for b in batch)
+            self._bytes -= sum(b[3] for b in batch) + sum(nbytes for _, nbytes in shadows)
         for _, image_file, map_file, _ in batch:
             for name in (image_file, map_file):
                 self.path(name).unlink(missing_ok=True)
+        for shadow_map, _ in shadows:
+            self.path(shadow_map).unlink(missing_ok=True)
         return len(batch)
 
     def _db_bytes(self) -> int:
@@ -517,6 +738,31 @@ class StoreReader(_Records):
                 (model, 4 * limit, model_version, limit),
             ).fetchall()
         return [ScoredPart(score, review) for score, review in rows]
+
+    def review_counts(self, model: str) -> dict[ReviewVerdict, int]:
+        """How many of the model's inspections operators marked good and defect (what a re-fit can use)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT review_verdict, COUNT(*) FROM inspections WHERE model = ? AND review_verdict IS NOT NULL "
+                "GROUP BY review_verdict",
+                (model,),
+            ).fetchall()
+        counts = dict(rows)
+        return {"good": counts.get("good", 0), "defect": counts.get("defect", 0)}
+
+    def drift_values(
+        self, model: str, model_version: str, since: float | None
+    ) -> list[tuple[float, str | None, float, str | None]]:
+        """(created, verdict, score, image statistics as JSON) of that model version's inspections at or after
+        `since`, oldest first: what drift watch is fed, for `inspector drift`."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT created, verdict, json_extract(data, '$.score'), json_extract(data, '$.image_stats') "
+                "FROM inspections WHERE model = ? AND created >= ? AND json_extract(data, '$.model_version') = ? "
+                "ORDER BY id",
+                (model, since if since is not None else 0.0, model_version),
+            ).fetchall()
+        return [(float(c), v, float(s), stats) for c, v, s, stats in rows]
 
     def count(self) -> int:
         with self._connect() as db:

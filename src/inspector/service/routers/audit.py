@@ -15,11 +15,11 @@ from fastapi.responses import Response
 from inspector.service import auth
 from inspector.service.audit import AuditKind, write_csv
 from inspector.service.routers import AuditDep
-from inspector.service.schemas import AuditEntry, AuditPage
+from inspector.service.schemas import AuditEntry, AuditPage, IsoTime
 from inspector.service.store import unix_time
 
 router = APIRouter(tags=["audit"], dependencies=[auth.operator], responses=auth.RESPONSES)
-Since = Annotated[datetime | None, Query(description="at or after (ISO 8601)")]
+Since = Annotated[IsoTime | None, Query(description="at or after (ISO 8601)")]
 
 
 @router.get("/v1/audit", response_model=AuditPage)
@@ -28,7 +28,7 @@ def audit_page(
     since: Since = None,
     kind: AuditKind | None = None,
     model: str | None = None,
-    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the last page")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the last page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AuditPage:
     """Audit entries, newest first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
@@ -11,7 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from inspector.service import auth
-from inspector.service.errors import ServiceError, TooLarge
+from inspector.service.errors import ServiceError, TooLarge, TooSlow
 from inspector.service.line import line_result
 from inspector.service.routers import InspectorDep, LinksDep
 from inspector.service.schemas import ErrorBody, Inspection
@@ -55,6 +56,7 @@ Text = Annotated[str | None, Query(max_length=128)]
             (401, auth.RESPONSES[401]["description"]),
             (404, "unknown model"),
             (409, "model not calibrated and require_calibration is on"),
+            (408, "the upload took longer than upload_timeout_s"),
             (413, "image over max_image_mb or max_image_pixels"),
             (415, "not an image content type"),
             (422, "not a readable image (corrupt, truncated, unsupported)"),
@@ -78,7 +80,12 @@ async def inspect(
     arrived = time.perf_counter()
     selected = links.selected_model  # the PLC's recipe, for a request that names no model
     inspector.admissible(model or selected)  # refuse before reading the body when the answer is known
-    data, fields = await read_image(request, inspector.settings.max_image_bytes)
+    try:
+        async with asyncio.timeout(inspector.settings.upload_timeout_s):
+            data, fields = await read_image(request, inspector.settings.max_image_bytes)
+    except TimeoutError:
+        limit = inspector.settings.upload_timeout_s
+        raise TooSlow(f"the upload did not arrive within {limit:g} s (upload_timeout_s)") from None
     plc_part_id, plc_meas_id = links.take_next_ids()  # meant for this part, whatever the camera sends
     model = model or fields.get("model") or selected
     meta = {"part_id": part_id, "meas_id": meas_id, "line": line, "camera": camera}

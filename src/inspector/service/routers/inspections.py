@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +17,7 @@ from inspector.service import auth
 from inspector.service.errors import NotFound
 from inspector.service.pipeline import Inspector
 from inspector.service.routers import ActorDep, AuditDep, InspectorDep
-from inspector.service.schemas import ErrorBody, Inspection, InspectionPage, ReviewRequest
+from inspector.service.schemas import ErrorBody, Inspection, InspectionPage, IsoTime, ReviewRequest
 from inspector.service.store import InspectionRecord, VerdictFilter, unix_time
 
 router = APIRouter(
@@ -37,8 +36,8 @@ def list_inspections(
     verdict: Annotated[VerdictFilter | None, Query(description="none: not judged")] = None,
     model: str | None = None,
     reviewed: Annotated[bool | None, Query(description="only reviewed (true) or not yet reviewed (false)")] = None,
-    since: Annotated[datetime | None, Query(description="created at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="created before (ISO 8601)")] = None,
+    since: Annotated[IsoTime | None, Query(description="created at or after (ISO 8601)")] = None,
+    until: Annotated[IsoTime | None, Query(description="created before (ISO 8601)")] = None,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9a-f]{24}$", description="next_cursor of last page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> InspectionPage:

@@ -15,6 +15,7 @@ never waits behind a count.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from inspector.service import auth
 from inspector.service.broadcast import Broadcaster
 from inspector.service.errors import NotFound
 from inspector.service.routers import InspectorDep
-from inspector.service.schemas import ErrorBody, RecentScores, ScorePoint, Summary
+from inspector.service.schemas import ErrorBody, IsoTime, RecentScores, ScorePoint, Summary
 from inspector.service.store import unix_time
 
 HEARTBEAT_S = 15.0  # a comment line this often lets proxies keep, and the page notice, a stream
@@ -45,7 +46,8 @@ router = APIRouter(tags=["operator page"], dependencies=[auth.camera], responses
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "`inspection` and `review` events; data is an Inspection (JSON); a comment line every 15 s",
+            "description": "`connected` at once (data: the heartbeat period), then `inspection` and `review` "
+            "events whose data is an Inspection (JSON); a comment line every 15 s",
         }
     },
 )
@@ -55,7 +57,7 @@ async def events(request: Request) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[str]:
         with broadcaster.subscribe() as queue:
-            yield ": connected\n\n"
+            yield f"event: connected\ndata: {json.dumps({'heartbeat_s': HEARTBEAT_S})}\n\n"  # the stream is live
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
@@ -75,7 +77,7 @@ async def events(request: Request) -> StreamingResponse:
 @router.get("/v1/summary", response_model=Summary)
 def summary(
     inspector: InspectorDep,
-    since: Annotated[datetime, Query(description="start of the shift or day (ISO 8601)")],
+    since: Annotated[IsoTime, Query(description="start of the shift or day (ISO 8601)")],
     model: str | None = None,
 ) -> Summary:
     start = unix_time(since)

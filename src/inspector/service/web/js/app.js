@@ -1,4 +1,4 @@
-// The operator page: boots against the service, routes between views (#/live, #/review, #/threshold, #/audit,
+// The operator page: boots against the service, routes between views (#/live, #/review, #/threshold, #/recipes, #/audit, #/drift,
 // with /<id> for an open detail) and feeds live events to every part of the page.
 
 import { Cancelled, getJSON, listen, onKeyNeeded, probeAuth } from "./api.js";
@@ -7,12 +7,13 @@ import { createDetail } from "./detail.js";
 import { createHistory } from "./history.js";
 import { createLinks } from "./links.js";
 import { createLive, renderCounters, setBands } from "./live.js";
+import { createRecipes } from "./recipes.js";
 import { createReview } from "./review.js";
 import { createThreshold } from "./threshold.js";
 import { fmt } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["live", "review", "threshold", "audit"];
+const VIEWS = ["live", "review", "threshold", "recipes", "audit", "drift"]; // drift: js/drift.js draws it
 const SUMMARY_GAP_MS = 2000; // at most one counter refresh per this, however fast parts arrive
 
 let models = [];
@@ -62,6 +63,7 @@ const history = createHistory({ model, onOpen: openDetail });
 const review = createReview({ model, onOpen: openDetail, onReviewed: reviewed });
 const threshold = createThreshold({ model, onSwitched: () => loadModels().then(() => threshold.load()) });
 const audit = createAudit();
+const recipes = createRecipes({ onChanged: () => loadModels() });
 const detail = createDetail({
   onReviewed: reviewed,
   onClose: () => { if (route().id) location.hash = `#/${route().view}`; },
@@ -76,6 +78,7 @@ async function show() {
   if (view === "review") await review.load();
   if (view === "threshold") await threshold.load();
   if (view === "audit") await audit.load();
+  if (view === "recipes") await recipes.load();
   if (!id) {
     detail.close();
     return;

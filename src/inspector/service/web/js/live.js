@@ -77,6 +77,7 @@ export function createLive({ onOpen }) {
     fact(facts, "Latency", fmt.ms(inspection.timings_ms.total));
     fact(facts, "Regions", String(inspection.regions.length));
     fact(facts, "Score", fmt.score(inspection.score));
+    if (inspection.recorded === false) fact(facts, "Record", "Not recorded: the store's disk is full");
     $("live-open").disabled = false;
   }
 

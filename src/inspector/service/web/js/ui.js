@@ -7,6 +7,7 @@ export function el(tag, attrs = {}, ...children) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
     if (name === "class") node.className = value;
+    else if (name === "style") node.style.cssText = value; // CSSOM: the page's CSP refuses style attributes
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? "" : value);
   }
@@ -16,7 +17,10 @@ export function el(tag, attrs = {}, ...children) {
 
 export function svg(tag, attrs = {}, ...children) {
   const node = document.createElementNS(SVG_NS, tag);
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "style") node.style.cssText = value;
+    else node.setAttribute(name, value);
+  }
   node.append(...children.flat());
   return node;
 }
