@@ -30,7 +30,7 @@ def tab(browser: Any, service: Service) -> Iterator[tuple[Any, list[str]]]:
         "console",
         lambda m: problems.append(f"CSP: {m.text} at {m.location}") if "Content Security Policy" in m.text else None,
     )
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(20_000)  # it opens every view, each loading its data
     yield page, problems
     context.close()
 

@@ -122,13 +122,17 @@ export function createRecipes({ onChanged }) {
       el("figcaption", {}, `${label}: `, mark, ` ${fmt.times(normalized)}`));
   }
 
-  return {
-    async load() {
-      try {
-        await load();
-      } catch (err) {
-        $("recipes-error").textContent = err instanceof Cancelled ? "The operator key is needed." : err.message;
-      }
-    },
-  };
+  async function reload() {
+    try {
+      await load();
+    } catch (err) {
+      $("recipes-error").textContent = err instanceof Cancelled ? "The operator key is needed." : err.message;
+    }
+  }
+  // A re-fit that lands shows its version in shadow at once, whichever card started it.
+  document.addEventListener("refit-ended", (event) => {
+    if (event.detail.state === "succeeded" && !$("view-recipes").hidden) reload();
+  });
+
+  return { load: reload };
 }
