@@ -41,16 +41,20 @@ async function send(path, { method = "GET", body, key = storedKey() } = {}) {
 }
 
 // Runs `attempt(key)` and, while the service refuses the key, asks the operator for one (Cancelled if they
-// give up). The key is kept for the browser tab's session only (sessionStorage), never on disk.
+// give up). The key is kept for the browser tab's session only (sessionStorage), never on disk. A request refused
+// for a key that another request has since replaced tries the new key before asking: at start-up several views
+// ask at once, and one answered after the dialog closed must not open a second one nobody is there to fill.
 async function withKey(attempt, reason) {
-  let error = null;
   for (;;) {
+    const tried = storedKey();
+    let error;
     try {
-      return await attempt(storedKey());
+      return await attempt(tried);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
       error = e;
     }
+    if (storedKey() !== tried) continue;
     const why = error.status === 403 ? "This needs the operator key, not the camera key." : reason;
     const key = await askKey(why, storedKey() ? error.message : "");
     storeKey(key);
