@@ -396,6 +396,15 @@ def forward_stage_ms(
     return {k: float(np.median([r[k] for r in rows])) * 1e3 for k in rows[0]}
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now, for a service a benchmark starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def start_service(
     command: Sequence[str], log: Path, url: str, env: dict[str, str] | None = None, timeout_s: float = 180
 ):

@@ -30,7 +30,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from _bench_common import DEFAULT_DATA_ROOT, load_average, machine_info, markdown_table, thin, write_json
+from _bench_common import DEFAULT_DATA_ROOT, free_port, load_average, machine_info, markdown_table, thin, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 # The bars: the torch-free service at most a third of the old one's memory and start-up time.
@@ -85,12 +84,6 @@ def tree_digest(root: Path) -> str:
 def installed_package(python: str) -> Path:
     code = "import inspector, pathlib; print(pathlib.Path(inspector.__file__).parent)"
     return Path(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status_mib(pid: int) -> dict[str, float]:

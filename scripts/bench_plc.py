@@ -36,9 +36,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, load_average, machine_info, markdown_table, stop_service, write_json
+from _bench_common import (
+    DEFAULT_DATA_ROOT,
+    free_port,
+    load_average,
+    machine_info,
+    markdown_table,
+    stop_service,
+    write_json,
+)
 from inspector.link.registers import BY_NAME, READ_END, VERDICT_NAMES, decode, to_words
-from load_test import cpu_seconds, free_port, start_server
+from load_test import cpu_seconds, start_server
 
 DEFAULT_IMAGES = str(DEFAULT_DATA_ROOT / "magnetic_tile" / "test" / "*" / "*.jpg")
 ACK = BY_NAME["ack_sequence"]

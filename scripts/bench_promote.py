@@ -17,7 +17,6 @@ import asyncio
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, load_average, machine_info, start_service, stop_service, write_json
+from _bench_common import (
+    DEFAULT_DATA_ROOT,
+    free_port,
+    load_average,
+    machine_info,
+    start_service,
+    stop_service,
+    write_json,
+)
 from inspector.calibration import load_active_calibration
 from inspector.calibration.store import model_fingerprint
 from inspector.data.io import read_image
@@ -201,9 +208,7 @@ def main() -> None:
     models = work / "models"
     shutil.copytree(args.v1, models / RECIPE)
     shutil.copytree(args.v2, models / f"{RECIPE}.versions" / "v2")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     load_before = load_average()
     server = start_server(models, work / "store", port)
     url = f"http://127.0.0.1:{port}"

@@ -30,7 +30,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import numpy as np
 
 from _bench_common import (
     DEFAULT_DATA_ROOT,
+    free_port,
     load_average,
     machine_info,
     markdown_table,
@@ -60,12 +60,6 @@ FIT_SETTINGS = [
     "--model", "patchcore", "--backbone", "tf_efficientnet_lite0", "--image-size", "256",
     "--coreset-ratio", "0.01", "--set", "coreset_budget_mb=0",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(args: argparse.Namespace) -> Path:

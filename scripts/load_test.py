@@ -22,7 +22,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, start_service, stop_service
+from _bench_common import DEFAULT_DATA_ROOT, free_port, start_service, stop_service
 from inspector.service.store import StoreReader
 
 DEFAULT_IMAGES = str(DEFAULT_DATA_ROOT / "magnetic_tile" / "test" / "*" / "*.jpg")
@@ -112,12 +111,6 @@ async def run_load(
 
 
 # ---- server management --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(args: argparse.Namespace, store: Path, port: int, extra: Sequence[str] = ()) -> subprocess.Popen:

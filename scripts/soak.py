@@ -23,7 +23,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,19 +32,11 @@ from pathlib import Path
 
 import httpx
 
-from _bench_common import DEFAULT_DATA_ROOT, load_average, machine_info
+from _bench_common import DEFAULT_DATA_ROOT, free_port, load_average, machine_info, start_service, stop_service
 
 REPO = Path(__file__).resolve().parents[1]
 # Growth from minute 2 to the last that counts as a leak (a steady service stays within these).
 BOUNDS = {"rss_mib": 64.0, "fds": 8, "threads": 4, "p99_ratio": 1.5}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_status(pid: int) -> dict[str, float]:
@@ -185,23 +176,11 @@ def main() -> int:
     }
     command = [sys.executable, "-m", "inspector", "serve", "--model-dir", f"soak={args.model_dir}", "--port"]
     command += [str(port), "--store-dir", str(store), "--plc", f"modbus://127.0.0.1:{plc_port}"]
-    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    server = start_service(command, store.with_suffix(".log"), url, env, timeout_s=120)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"the service exited: {server.stderr.read() if server.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the service did not become ready")
-            time.sleep(0.2)
         camera = Stream(url, images, args.rate, seed=0)
         failures: Counter[str] = Counter()
         workers = [
@@ -247,11 +226,7 @@ def main() -> int:
                 )
     finally:
         stop.set()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_service(server)
     if len(rows) < 3:
         print("too short to judge growth (needs 3 minutes)")
         return 0

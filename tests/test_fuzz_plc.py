@@ -20,9 +20,9 @@ from inspector.link.hub import LinkHub
 from inspector.link.modbus import ModbusSink
 from inspector.link.opcua import OpcUaSink
 from inspector.link.opcua_model import INSPECTOR_NS
-from inspector.link.result import LineResult
 from inspector.link.settings import ModbusSettings, OpcUaSettings
 from tests.helpers import StubControls, free_port, wait_for
+from tests.test_link_modbus import result
 
 FUZZ = settings(
     max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -46,30 +46,6 @@ def plc(modbus: tuple[LinkHub, int]) -> Iterator[ModbusTcpClient]:
     assert client.connect()
     yield client
     client.close()
-
-
-def result(part: int) -> LineResult:
-    return LineResult(
-        sequence=0,
-        inspection_id=f"i{part}",
-        created=0.0,
-        model="a",
-        recipe=1,
-        model_version="v",
-        verdict="pass",
-        score=0.5,
-        normalized_score=None,
-        threshold=None,
-        regions=(),
-        width=640,
-        height=480,
-        part_id=str(part),
-        meas_id=None,
-        line=None,
-        camera=None,
-        inference_ms=10.0,
-        total_ms=20.0,
-    )
 
 
 def still_frames_results(hub: LinkHub, client: ModbusTcpClient) -> None:

@@ -6,10 +6,8 @@ test_fuzz_images.py; README has the table.)"""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,27 +18,9 @@ from inspector.components.regions import find_regions
 from inspector.data import read_image
 from inspector.models.scoring import Scorer
 from inspector.service.analysis import analyze
-from inspector.service.app import create_app
 from inspector.service.config import ModelSpec, Settings, StoreSettings
-from inspector.service.server import Server
 from tests.helpers import wait_for
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app under the service's own server with the limits `serve` passes it; yields the URL once ready."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = Server(create_app(settings), log_level="warning", limit_concurrency=settings.max_connections)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: _status(f"{url}/readyz") == 200, timeout=60, what="the service")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(15)
+from tests.test_web_e2e import serving
 
 
 def _status(url: str) -> int | None:
@@ -61,7 +41,7 @@ def url(service_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         log_level="warning",
         store=StoreSettings(dir=tmp_path_factory.mktemp("store"), min_free_disk_mb=0),
     )
-    with serving(settings) as address:
+    with serving(settings) as (address, _):
         yield address
 
 

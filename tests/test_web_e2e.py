@@ -441,11 +441,12 @@ def test_stopping_the_server_ends_open_event_streams(service: Service, tmp_path:
 
 @contextmanager
 def serving(settings: Settings) -> Iterator[tuple[str, Server]]:
-    """The app under `service.server.Server` on a free loopback port in a thread; yields its URL once ready."""
+    """The app under `service.server.Server` on a free loopback port in a thread, with the connection cap `serve`
+    gives it; yields its URL once ready."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = Server(create_app(settings), log_level="warning")
+    server = Server(create_app(settings), log_level="warning", limit_concurrency=settings.max_connections)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -182,10 +182,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     (Requests no API route takes reach the web page's static files, which answer 404 or 405 for any path, and
     one route knows only its own methods.)"""
     assert isinstance(exc, StarletteHTTPException)
-    allowed = allowed_methods(request.app, request.url.path)
-    if exc.status_code == 405 or (exc.status_code == 404 and allowed and request.method not in allowed):
-        allowed = allowed or ["GET", "HEAD"]  # a static file
-        return JSONResponse({"detail": "method not allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)})
+    if exc.status_code in (404, 405):
+        allowed = allowed_methods(request.app, request.url.path)
+        if exc.status_code == 405 or (allowed and request.method not in allowed):
+            headers = {"Allow": ", ".join(allowed or ["GET", "HEAD"])}  # no API route: a static file
+            return JSONResponse({"detail": "method not allowed"}, status_code=405, headers=headers)
     return await http_exception_handler(request, exc)
 
 

@@ -131,7 +131,7 @@ class Inspector:
                 image_stats=scored.image_stats or None,
             )
 
-        record = self.store.record(record_id, created, (upload.data, upload.suffix, analysis.map), build)
+        record = self.store.record(record_id, created, upload.data, upload.suffix, analysis.map, build)
         if record.recorded:
             self.shadow.submit(record, upload.rgb)  # after the commit; never waits, never changes the answer
         else:

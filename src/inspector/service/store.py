@@ -491,10 +491,12 @@ class InspectionStore(_Records):
         self,
         record_id: str,
         created: float,
-        files: tuple[bytes, str, np.ndarray],
+        image: bytes,
+        image_ext: str,
+        amap: np.ndarray,
         build: Callable[[StoredFiles | None], InspectionRecord],
     ) -> InspectionRecord:
-        """Write the files (image bytes, suffix, map), commit the record `build` makes of them, and return it as
+        """Write the image and map (`write_files`), commit the record `build` makes of them, and return it as
         stored. When the disk is below its floor or a write finds it full (ENOSPC, EDQUOT, SQLite's "disk is
         full"), nothing of it is kept, the failure is counted in `recording`, and the record `build(None)` makes
         comes back with `recorded=False`; the next inspection tries again, so recording resumes with space."""
@@ -502,7 +504,7 @@ class InspectionStore(_Records):
             self.recording.failed("free disk below store.min_free_disk_mb")
             return replace(build(None), recorded=False)
         try:
-            stored = self.insert(build(self.write_files(record_id, created, *files)))
+            stored = self.insert(build(self.write_files(record_id, created, image, image_ext, amap)))
         except (OSError, sqlite3.OperationalError) as exc:
             if not _disk_full(exc):
                 raise
