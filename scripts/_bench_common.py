@@ -3,7 +3,7 @@
 What every benchmark needs the same way, so that numbers from different scripts are comparable:
 
 * `limit_threads` pins OpenMP/MKL/BLAS and torch to N threads (call before importing torch in a process);
-  `limit_fit_threads` also pins torch's and FAISS's pools, which inspector's estimators no longer set;
+  `set_up_fit_process` also sets what `inspector fit` sets for its process (torch and FAISS pools, allocator);
 * `list_dataset` lists an MVTec-style category, optionally thinned for quick trial runs;
 * `load_masks` reads ground truth at the evaluation size (nearest neighbour, binarised > 127);
 * `run_isolated` runs a function in a fresh 'spawn' subprocess, so peak memory is per tool;
@@ -59,19 +59,22 @@ def limit_threads(n: int) -> None:
         sys.modules["cv2"].setNumThreads(n)
 
 
-def limit_fit_threads(n: int) -> None:
-    """`limit_threads`, then torch's and FAISS's process-wide pools, in a process that fits inspector's models.
+def set_up_fit_process(n: int) -> None:
+    """`limit_threads`, then what `inspector fit` sets once for its process: torch's and FAISS's thread pools
+    and the allocator's mapping threshold (`return_large_frees_to_the_system`).
 
-    inspector's estimators no longer set thread counts (the entry point does); their `threads` parameter is
-    onnxruntime's per-session count only, so a benchmark passing `threads=n` must also call this once.
+    inspector's estimators set no process-wide state (the entry point does); their `threads` parameter is
+    onnxruntime's per-session count only, so a benchmark that fits must call this once.
     """
     import torch
 
+    from inspector.common.system import return_large_frees_to_the_system
     from inspector.components.knn import set_search_threads
 
     limit_threads(n)
     torch.set_num_threads(n)
     set_search_threads(n)
+    return_large_frees_to_the_system()
 
 
 def log_termination() -> None:
@@ -129,7 +132,13 @@ def thin(items: Sequence[Any], limit: int | None) -> list[Any]:
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
-def list_dataset(root: str | Path, category: str, limit_train: int | None = None, limit_test: int | None = None):
+def list_dataset(
+    root: str | Path,
+    category: str,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    require_masks: bool = True,
+):
     """(train image paths, test samples) of an MVTec-style category, thinned evenly when limits are given."""
     from inspector.data import Dataset
 
@@ -137,7 +146,7 @@ def list_dataset(root: str | Path, category: str, limit_train: int | None = None
     train = thin(dataset.train(), limit_train)
     test = thin(dataset.test(), limit_test)
     missing = [s.path.name for s in test if s.is_defect and s.mask_path is None]
-    if missing:
+    if missing and require_masks:
         raise FileNotFoundError(f"{len(missing)} defect images have no ground-truth mask, e.g. {missing[0]}")
     return train, test
 

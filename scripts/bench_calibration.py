@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, limit_fit_threads, machine_info, markdown_table, write_json
+from _bench_common import DEFAULT_DATA_ROOT, machine_info, markdown_table, set_up_fit_process, write_json
 
 BACKBONE = "tf_efficientnet_lite0"
 SETTINGS = {"backbone": BACKBONE, "layers": [2, 3], "image_size": 256, "coreset_ratio": 0.01, "batch_size": 8}
@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_calibration/plots"), help="plots of one run")
     parser.add_argument("--json", type=Path, help="write every seed's numbers here")
     args = parser.parse_args()
-    limit_fit_threads(args.threads)  # torch and FAISS; onnxruntime's come from the model's `threads`
+    set_up_fit_process(args.threads)  # torch and FAISS; onnxruntime's come from the model's `threads`
 
     from inspector.calibration.workflow import score_images
     from inspector.data import Dataset

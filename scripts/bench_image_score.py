@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, limit_fit_threads, list_dataset, machine_info, markdown_table, write_json
+from _bench_common import DEFAULT_DATA_ROOT, list_dataset, machine_info, markdown_table, set_up_fit_process, write_json
 
 SCORES = ("patch", "reweighted", "map")
 ELPV_TRAIN = 250
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    limit_fit_threads(args.threads)  # torch and FAISS; `threads=` below is onnxruntime's
+    set_up_fit_process(args.threads)  # torch and FAISS; `threads=` below is onnxruntime's
     from inspector.evaluation.metrics import auroc
     from inspector.models.estimators import create_model
 

@@ -74,7 +74,6 @@ from _bench_common import (
     current_rss_mib,
     evaluate_maps,
     forward_stage_ms,
-    limit_fit_threads,
     limit_threads,
     list_dataset,
     load_average,
@@ -86,6 +85,7 @@ from _bench_common import (
     package_version,
     peak_rss_mib,
     run_isolated,
+    set_up_fit_process,
     source_digest,
     summarize_ms,
     time_scoring,
@@ -120,7 +120,7 @@ def run_inspector(kind: str, train: list[Path], test: list[Path], cfg: Config) -
     import cv2  # noqa: F401  (imported so limit_threads can set its pool)
     import torch  # noqa: F401
 
-    limit_fit_threads(cfg.threads)  # torch and FAISS; `threads=` below is onnxruntime's
+    set_up_fit_process(cfg.threads)  # torch and FAISS; `threads=` below is onnxruntime's
     from inspector.models.estimators import create_model
 
     extra = {"n_features": cfg.n_features} if kind == "padim" else {"epochs": cfg.epochs, "patience": cfg.epochs}

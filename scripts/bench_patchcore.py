@@ -16,7 +16,9 @@ same `inspector.features.preprocess.Preprocessing` resize for both tools), 1% co
 with `inspector.data.read_image`.
 
 inspector: `create_model("patchcore", backbone=..., layers=(2, 3), image_size=256, coreset_ratio=0.01,
-threads=2, batch_size=8)`, then `fit(train_paths)` and `score([image])` (its default runtime, onnxruntime).
+threads=2, batch_size=8)`, then `fit(train_paths)` and `score([image])` (its default runtime, onnxruntime);
+`inspector-fp16` the same with `coreset_precision="float16"`. The process is set up as `inspector fit` sets its
+own (`set_up_fit_process`: threads and the allocator's mapping threshold).
 
 anomalib (2.7.0, torch model only, no Lightning), the calls made:
 
@@ -59,7 +61,6 @@ from _bench_common import (
     current_rss_mib,
     evaluate_maps,
     forward_stage_ms,
-    limit_fit_threads,
     limit_threads,
     list_dataset,
     load_average,
@@ -71,6 +72,7 @@ from _bench_common import (
     package_version,
     peak_rss_mib,
     run_isolated,
+    set_up_fit_process,
     source_digest,
     summarize_ms,
     time_scoring,
@@ -81,7 +83,9 @@ BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
 WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
-TOOLS = ("inspector", "anomalib")
+TOOLS = ("inspector", "inspector-fp16", "anomalib")
+# inspector's rows: estimator parameters on top of the common settings.
+INSPECTOR_PARAMS = {"inspector": {}, "inspector-fp16": {"coreset_precision": "float16"}}
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,12 @@ class Config:
 # ---- child processes: one per tool ----------------------------------------------------------------------
 
 
-def run_inspector(train: list[Path], test: list[Path], cfg: Config) -> dict:
+def run_inspector(train: list[Path], test: list[Path], cfg: Config, params: dict | None = None) -> dict:
     """Fit and score inspector's PatchCore (runs in its own process)."""
     import cv2  # noqa: F401  (imported so limit_threads can set its pool)
     import torch  # noqa: F401
 
-    limit_fit_threads(cfg.threads)  # torch and FAISS; `threads=` below is onnxruntime's
+    set_up_fit_process(cfg.threads)  # torch and FAISS; `threads=` below is onnxruntime's
     from inspector.models.estimators import create_model
 
     model = create_model(
@@ -115,6 +119,7 @@ def run_inspector(train: list[Path], test: list[Path], cfg: Config) -> dict:
         threads=cfg.threads,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        **(params or {}),
     )
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()
     start = time.perf_counter()
@@ -203,8 +208,9 @@ def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
 
 
 def tool_label(tool: str, result: dict) -> str:
-    if tool == "inspector":
-        return f"inspector {package_version('inspector') or 'src'} ({result['fit']['runtime']})"
+    if tool in INSPECTOR_PARAMS:
+        settings = "".join(f", {k}={v}" for k, v in INSPECTOR_PARAMS[tool].items())
+        return f"inspector {package_version('inspector') or 'src'} ({result['fit']['runtime']}{settings})"
     return f"anomalib {package_version('anomalib')} PatchcoreModel (torch)"
 
 
@@ -255,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    runners = {"inspector": run_inspector, "anomalib": run_anomalib}
     results: dict[str, dict] = {}
     for tool in args.tools:
         print(f"[{tool}] fitting and scoring in a fresh process ...", file=sys.stderr, flush=True)
         load_before = load_average()
-        result = run_isolated(runners[tool], train, test_paths, cfg)
+        if tool in INSPECTOR_PARAMS:
+            result = run_isolated(run_inspector, train, test_paths, cfg, INSPECTOR_PARAMS[tool])
+        else:
+            result = run_isolated(run_anomalib, train, test_paths, cfg)
         result["load_average"] = {"before": load_before, "after": load_average()}
         result["metrics"] = evaluate_maps(result, labels, masks)
         result["ms_summary"] = summarize_ms(result["ms"])

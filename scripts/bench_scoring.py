@@ -50,7 +50,6 @@ import numpy as np
 
 from _bench_common import (
     DEFAULT_DATA_ROOT,
-    limit_fit_threads,
     limit_threads,
     list_dataset,
     load_average,
@@ -60,6 +59,7 @@ from _bench_common import (
     machine_info,
     markdown_table,
     run_isolated,
+    set_up_fit_process,
     write_json,
 )
 
@@ -74,6 +74,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "pca64-ivf16": {"projection": "pca", "projection_dim": 64, "index": "ivf", "nprobe": 16},
     "hnsw-ef16": {"index": "hnsw", "ef_search": 16},
     "ivf16": {"index": "ivf", "nprobe": 16},
+    "pca64-ivf12": {"projection": "pca", "projection_dim": 64, "index": "ivf", "nprobe": 12},
+    "pca64-hnsw-ef16": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 16},
+    "pca64-hnsw-ef8": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 8},
+    "hnsw-ef8": {"index": "hnsw", "ef_search": 8},
 }
 
 
@@ -118,7 +122,7 @@ def fit_cached(train: list[Path], out: Path, params: dict[str, Any], threads: in
     import cv2  # noqa: F401
     import torch  # noqa: F401
 
-    limit_fit_threads(threads)
+    set_up_fit_process(threads)
     from inspector.models.estimators import create_model
 
     wanted = {"backbone": BACKBONE, "image_size": IMAGE_SIZE, "coreset_ratio": 0.01, "seed": 0, **params}

@@ -155,3 +155,16 @@ def test_approximate_search_settings_are_kept_with_the_model_and_used_by_the_lin
     np.testing.assert_allclose(scorer.score(images).scores, model.score(images).scores, rtol=1e-5)
     with pytest.raises(ParameterError, match=f"{name} must be a positive integer"):
         PatchCore(index=index, **{name: 0}).fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]
+
+
+def test_float16_patches_fit_a_bank_that_finds_the_defects(dataset: Dataset) -> None:
+    """Held in float16, the patches take half the memory; the bank is their float32 widening and still works."""
+    kwargs = {"image_size": SIZE, "coreset_ratio": 0.1, "threads": 2}
+    half = PatchCore(coreset_precision="float16", **kwargs).fit(dataset.train(), progress=False)  # type: ignore[arg-type]
+    bank = half.memory_bank_
+    assert bank.dtype == np.float32
+    np.testing.assert_array_equal(bank, bank.astype(np.float16).astype(np.float32))  # float16 values
+    report, _ = evaluate(half.scorer_, dataset, progress=False)
+    assert report["image_auroc"] >= 0.9
+    with pytest.raises(ParameterError, match="coreset_precision must be one of"):
+        PatchCore(coreset_precision="float8").fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]

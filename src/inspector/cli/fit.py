@@ -61,15 +61,16 @@ def add_parser(sub: Subcommands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch = training_stack()  # first: the imports below need it
-    from inspector.common.system import cpu_threads
+    from inspector.common.system import cpu_threads, return_large_frees_to_the_system
     from inspector.components.knn import set_search_threads
     from inspector.data.mvtec import Dataset, list_images
     from inspector.models.estimators import create_model
     from inspector.models.settings import find_category_config, read_config, resolve_fit_settings
 
-    # Thread counts are process-wide (torch, FAISS): set once, here, never by a model.
+    # Thread counts (torch, FAISS) and the allocator are process-wide: set once, here, never by a model.
     torch.set_num_threads(cpu_threads(args.threads))
     set_search_threads(args.threads)
+    return_large_frees_to_the_system()
 
     if args.train_dir:
         train_dir = Path(args.train_dir)

@@ -11,6 +11,7 @@ ModelKind = Literal["patchcore", "padim", "fastflow"]
 IndexKind = Literal["flat", "ivf", "hnsw"]
 ImageScore = Literal["map", "patch", "reweighted"]
 Runtime = Literal["onnxruntime", "torch"]
+CoresetPrecision = Literal["float32", "float16"]
 
 DEFAULT_MODEL_KIND: ModelKind = "patchcore"
 

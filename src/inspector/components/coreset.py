@@ -33,9 +33,12 @@ def greedy_coreset(
     Wider features are first reduced by a seeded Gaussian random projection to `projection_dim` dimensions (as in
     the PatchCore paper), which keeps pairwise distances within a small factor at a fraction of the cost. Narrow
     features are used as they are: on magnetic_tile with 152-d features, projecting to 128 cost 0.007 image AUROC.
-    Distances are updated by `threads` workers (default: every core this process may run on).
+    Distances are updated by `threads` workers (default: every core this process may run on). float16 rows are
+    read as they are and widened block by block, so they are never held twice.
     """
-    x = torch.as_tensor(features, dtype=torch.float32)
+    x = torch.as_tensor(features)
+    if x.dtype not in (torch.float32, torch.float16):
+        x = x.float()
     n = x.shape[0]
     if n_select >= n:
         return np.arange(n)
@@ -44,7 +47,7 @@ def greedy_coreset(
     generator = torch.Generator().manual_seed(seed)
     if projection_dim is not None and x.shape[1] > projection_dim:
         projection = torch.randn(x.shape[1], projection_dim, generator=generator) / projection_dim**0.5
-        x = x @ projection
+        x = x @ projection if x.dtype == torch.float32 else torch.cat([p.float() @ projection for p in x.split(65536)])
     with torch.inference_mode():
         workers = cpu_threads(threads)
         greedy = _BlockedGreedy(x, n_select, workers)
@@ -78,7 +81,9 @@ class _BlockedGreedy:
 
     def __init__(self, x: torch.Tensor, n_select: int, workers: int) -> None:
         self.x = x
-        self.sq_norms = torch.linalg.vector_norm(x, dim=1).square_()  # no (N, D) temporary, unlike (x * x).sum(1)
+        # No (N, D) temporary, unlike (x * x).sum(1); float16 rows are widened a slice at a time.
+        slices = [x] if x.dtype == torch.float32 else x.split(SLAB_BYTES // (4 * max(1, x.shape[1])))
+        self.sq_norms = torch.cat([torch.linalg.vector_norm(p.float(), dim=1) for p in slices]).square_()
         if not bool(torch.isfinite(self.sq_norms).all()):
             raise ValueError("features must be finite")  # a NaN bound would hide its block from every pick
         self.workers = workers
@@ -91,7 +96,7 @@ class _BlockedGreedy:
 
     def add_center(self, index: int) -> None:
         self.center_sq_norms[len(self.centers)] = self.sq_norms[index]
-        self.centers.append(self.x[index])
+        self.centers.append(self.x[index].float())  # float32 rows: a view, as before
 
     def farthest(self, pool: ThreadPoolExecutor) -> int:
         """The row farthest from its nearest center, the lowest index among equals (as torch.argmax picks)."""
@@ -122,7 +127,7 @@ class _BlockedGreedy:
         each, so that workers mostly wait on the BLAS, not on each other for the GIL.
         """
         with torch.inference_mode():  # per thread
-            x, sq_norms, min_dist = self.x[start:stop], self.sq_norms[start:stop], self.min_dist[start:stop]
+            x, sq_norms, min_dist = self.x[start:stop].float(), self.sq_norms[start:stop], self.min_dist[start:stop]
             buffer = torch.empty(CENTER_GROUP, stop - start)
             for group in range(first, last, CENTER_GROUP):
                 dist = buffer[: min(CENTER_GROUP, last - group)]
@@ -146,7 +151,9 @@ SLAB_BYTES = 64 * 2**20  # held batches are joined into slabs this large: freed 
 class StreamingCoreset:
     """Accumulates patch features batch by batch and returns a coreset of `ratio` of all patches seen.
 
-    `threads` is the greedy passes' worker count (default: every core this process may run on).
+    `threads` is the greedy passes' worker count (default: every core this process may run on). `dtype` is what
+    the patches are held in: float16 halves the memory they take and the memory each greedy pick reads, at the cost
+    of rounding them (and the bank taken from them) to 11 significant bits.
     """
 
     def __init__(
@@ -158,9 +165,11 @@ class StreamingCoreset:
         seed: int = 0,
         exact_budget_mb: float | None = 512.0,
         threads: int | None = None,
+        dtype: type[np.floating] = np.float32,
     ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
+        self.dtype = np.dtype(dtype)
         self.ratio = ratio
         # Each chunk keeps this fraction; never more than half so the pool is always a real reduction.
         self.keep = 1.0 if ratio > 0.5 else min(max(oversample * ratio, ratio), 0.5)
@@ -175,6 +184,9 @@ class StreamingCoreset:
         self._pending_bytes = 0
         self._loose: list[np.ndarray] = []  # batches held but not yet joined into a slab
         self._pool: list[np.ndarray] = []
+        self._reserved = 0
+        self._buffer: np.ndarray | None = None  # the reserved rows, filled in order
+        self._filled = 0
 
     @property
     def exact(self) -> bool:
@@ -185,17 +197,46 @@ class StreamingCoreset:
     def pool_size(self) -> int:
         return sum(len(p) for p in self._pool) + self._n_pending
 
+    def reserve(self, rows: int) -> None:
+        """Say how many rows will come. If they fit the budget they are copied into one array as they arrive, so
+        `finalize` has nothing to join: the fit's peak is the patches themselves (docs/benchmarks.md)."""
+        self._reserved = rows
+
     def add(self, features: np.ndarray) -> None:
         """Add (n, D) patch features; past the memory budget, full chunks are reduced immediately."""
-        features = np.ascontiguousarray(features, dtype=np.float32)
+        features = np.ascontiguousarray(features, dtype=self.dtype)
         self.n_seen += len(features)
         self._n_pending += len(features)
         self._pending_bytes += features.nbytes
+        if self._into_buffer(features):
+            return
         self._loose.append(features)
         if not self.exact:
             self._reduce_pending(whole_chunks_only=True)
         elif sum(p.nbytes for p in self._loose) >= SLAB_BYTES:
             self._join_loose()
+
+    def _into_buffer(self, features: np.ndarray) -> bool:
+        """Copy `features` into the reserved array, allocated at the first batch; False when it takes no more."""
+        if self._buffer is None and self._reserved and self.n_seen == len(features):
+            size = self._reserved * features.shape[1] * features.itemsize
+            if self.exact_budget_bytes is None or size <= self.exact_budget_bytes:
+                self._buffer = np.empty((self._reserved, features.shape[1]), dtype=self.dtype)
+        if self._buffer is None:
+            return False
+        if self._filled + len(features) > len(self._buffer):  # more than reserved: what is held becomes a slab
+            self._pending.append(self._buffer[: self._filled])
+            self._buffer = None
+            return False
+        self._buffer[self._filled : self._filled + len(features)] = features
+        self._filled += len(features)
+        return True
+
+    def _release_buffer(self) -> None:
+        """The reserved array's filled rows become the first pending part (a view: nothing is copied)."""
+        if self._buffer is not None:
+            self._pending.insert(0, self._buffer[: self._filled])
+            self._buffer = None
 
     def _join_loose(self) -> None:
         """Move loose batches to the pending list as one slab (small batches reuse freed heap; slabs are mapped)."""
@@ -205,6 +246,7 @@ class StreamingCoreset:
 
     def _reduce_pending(self, whole_chunks_only: bool = False) -> None:
         """Reduce pending batches chunk by chunk, freeing each batch once it is in a chunk."""
+        self._release_buffer()
         self._join_loose()
         while self._pending and (self._n_pending >= self.chunk_size or not whole_chunks_only):
             parts, n = [], 0
@@ -229,10 +271,11 @@ class StreamingCoreset:
             self._pool.append(chunk)
 
     def finalize(self, progress: bool = False) -> np.ndarray:
-        """The memory bank: (round(ratio * patches seen), D) float32."""
+        """The memory bank: (round(ratio * patches seen), D) float32 (the held rows, widened)."""
         if self.n_seen == 0:
             raise ValueError("no features were added to the coreset")
         if self.exact:
+            self._release_buffer()
             self._join_loose()
             parts = self._pending
         else:
@@ -242,13 +285,16 @@ class StreamingCoreset:
         self._pending, self._n_pending, self._pending_bytes, self._pool, self._loose = [], 0, 0, [], []
         n_select = max(1, round(self.ratio * self.n_seen))
         if n_select >= len(pool):
-            return pool
-        return pool[greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress, self.threads)]
+            return pool.astype(np.float32, copy=False)
+        chosen = greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress, self.threads)
+        return pool[chosen].astype(np.float32, copy=False)
 
 
 def _concatenate_consuming(parts: list[np.ndarray]) -> np.ndarray:
     """np.concatenate that frees each part once copied, so the peak is the result plus one part, not twice it."""
-    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), dtype=np.float32)
+    if len(parts) == 1:
+        return parts.pop()
+    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), dtype=parts[0].dtype)
     at = 0
     while parts:
         part = parts.pop(0)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from inspector.common.errors import ParameterError
-from inspector.common.names import ImageScore, IndexKind, choices
+from inspector.common.names import CoresetPrecision, ImageScore, IndexKind, choices
 from inspector.components.coreset import StreamingCoreset
 from inspector.components.knn import NearestNeighbourIndex
 from inspector.components.projection import (
@@ -71,7 +71,9 @@ class PatchCore(AnomalyModel, kind="patchcore"):
 
     `coreset_ratio` of all training patches are kept, chosen by greedy k-center; while the patches fit in
     `coreset_budget_mb` the paper's single pass runs over all of them, beyond it a streamed two-level pass
-    (`coreset_oversample` times the ratio per chunk) keeps memory bounded. `image_score` and `num_neighbors`
+    (`coreset_oversample` times the ratio per chunk) keeps memory bounded. `coreset_precision="float16"` holds
+    the patches in half the memory (twice as many fit the budget), rounding the bank to float16 values.
+    `image_score` and `num_neighbors`
     choose the image score (see `PatchCoreScorer`), `index` the FAISS index kind. `projection` ("pca" or "whiten",
     `inspector.components.projection`) maps patch features onto their `projection_dim` directions of largest
     variance over all training patches before the search, cutting its arithmetic (docs/benchmarks.md measures
@@ -86,6 +88,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         coreset_ratio: float = 0.01,
         coreset_oversample: float = 10.0,
         coreset_budget_mb: float | None = 512.0,
+        coreset_precision: CoresetPrecision = "float32",
         embed_dim: int | None = None,
         patch_size: int = 3,
         index: IndexKind = "flat",
@@ -101,6 +104,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         self.coreset_ratio = coreset_ratio
         self.coreset_oversample = coreset_oversample
         self.coreset_budget_mb = coreset_budget_mb
+        self.coreset_precision = coreset_precision
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.index = index
@@ -120,6 +124,11 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             raise ParameterError(f"index must be one of {', '.join(choices(IndexKind))}, got '{self.index}'")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.coreset_precision not in choices(CoresetPrecision):
+            raise ParameterError(
+                f"coreset_precision must be one of {', '.join(choices(CoresetPrecision))}, "
+                f"got {self.coreset_precision!r}"
+            )
         if self.num_neighbors < 1:
             raise ParameterError(f"num_neighbors must be at least 1, got {self.num_neighbors}")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
@@ -154,11 +163,14 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             seed=self.seed,
             exact_budget_mb=self.coreset_budget_mb,
             threads=self.threads,
+            dtype=np.float16 if self.coreset_precision == "float16" else np.float32,
         )
         statistics = PatchStatistics() if self.projection is not None else None
         t0 = time.perf_counter()
         for batch in self._batches(images, progress, "features"):
             rows = patch_rows(self._features(batch)[0])
+            if coreset.n_seen == 0:  # every image gives as many patches: the total is known now
+                coreset.reserve(len(rows) // len(batch) * len(images))
             if statistics is not None:
                 statistics.add(rows)
             coreset.add(rows)
