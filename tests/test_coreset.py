@@ -163,30 +163,6 @@ def test_held_batches_join_into_slabs_without_changing_the_coreset(monkeypatch: 
     assert crossing.finalize().shape == (40, 16)
 
 
-@pytest.mark.parametrize("reserved", [2000, 2500, 1500])  # exact, more than came, fewer than came
-def test_reserved_rows_are_held_in_one_array_without_changing_the_coreset(reserved: int) -> None:
-    rng = np.random.default_rng(10)
-    x = rng.normal(size=(2000, 16)).astype(np.float32)
-    stream = StreamingCoreset(ratio=0.02, chunk_size=300, projection_dim=None, seed=2, exact_budget_mb=1.0)
-    stream.reserve(reserved)
-    for part in np.array_split(x, 20):
-        stream.add(part)
-    assert stream.exact and stream.pool_size == len(x)
-    assert (stream._buffer is not None) is (reserved >= len(x))  # nothing to join at the end when it sufficed
-    np.testing.assert_array_equal(stream.finalize(), x[greedy_coreset(x, 40, projection_dim=None, seed=2)])
-
-
-def test_a_reservation_past_the_budget_is_not_taken_and_the_stream_reduces() -> None:
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(3000, 32)).astype(np.float32)
-    stream = StreamingCoreset(ratio=0.01, chunk_size=1024, seed=0, exact_budget_mb=0.25)  # 2048 x 32 floats
-    stream.reserve(len(x))
-    for part in np.array_split(x, 3):
-        stream.add(part)
-    assert stream._buffer is None and not stream.exact
-    assert stream.finalize().shape == (30, 32)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float16_rows_pick_what_their_float32_values_pick(threads: int) -> None:
     rng = np.random.default_rng(12)

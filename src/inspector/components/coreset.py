@@ -184,9 +184,6 @@ class StreamingCoreset:
         self._pending_bytes = 0
         self._loose: list[np.ndarray] = []  # batches held but not yet joined into a slab
         self._pool: list[np.ndarray] = []
-        self._reserved = 0
-        self._buffer: np.ndarray | None = None  # the reserved rows, filled in order
-        self._filled = 0
 
     @property
     def exact(self) -> bool:
@@ -197,46 +194,17 @@ class StreamingCoreset:
     def pool_size(self) -> int:
         return sum(len(p) for p in self._pool) + self._n_pending
 
-    def reserve(self, rows: int) -> None:
-        """Say how many rows will come. If they fit the budget they are copied into one array as they arrive, so
-        `finalize` has nothing to join: the fit's peak is the patches themselves (docs/benchmarks.md)."""
-        self._reserved = rows
-
     def add(self, features: np.ndarray) -> None:
         """Add (n, D) patch features; past the memory budget, full chunks are reduced immediately."""
         features = np.ascontiguousarray(features, dtype=self.dtype)
         self.n_seen += len(features)
         self._n_pending += len(features)
         self._pending_bytes += features.nbytes
-        if self._into_buffer(features):
-            return
         self._loose.append(features)
         if not self.exact:
             self._reduce_pending(whole_chunks_only=True)
         elif sum(p.nbytes for p in self._loose) >= SLAB_BYTES:
             self._join_loose()
-
-    def _into_buffer(self, features: np.ndarray) -> bool:
-        """Copy `features` into the reserved array, allocated at the first batch; False when it takes no more."""
-        if self._buffer is None and self._reserved and self.n_seen == len(features):
-            size = self._reserved * features.shape[1] * features.itemsize
-            if self.exact_budget_bytes is None or size <= self.exact_budget_bytes:
-                self._buffer = np.empty((self._reserved, features.shape[1]), dtype=self.dtype)
-        if self._buffer is None:
-            return False
-        if self._filled + len(features) > len(self._buffer):  # more than reserved: what is held becomes a slab
-            self._pending.append(self._buffer[: self._filled])
-            self._buffer = None
-            return False
-        self._buffer[self._filled : self._filled + len(features)] = features
-        self._filled += len(features)
-        return True
-
-    def _release_buffer(self) -> None:
-        """The reserved array's filled rows become the first pending part (a view: nothing is copied)."""
-        if self._buffer is not None:
-            self._pending.insert(0, self._buffer[: self._filled])
-            self._buffer = None
 
     def _join_loose(self) -> None:
         """Move loose batches to the pending list as one slab (small batches reuse freed heap; slabs are mapped)."""
@@ -246,7 +214,6 @@ class StreamingCoreset:
 
     def _reduce_pending(self, whole_chunks_only: bool = False) -> None:
         """Reduce pending batches chunk by chunk, freeing each batch once it is in a chunk."""
-        self._release_buffer()
         self._join_loose()
         while self._pending and (self._n_pending >= self.chunk_size or not whole_chunks_only):
             parts, n = [], 0
@@ -275,7 +242,6 @@ class StreamingCoreset:
         if self.n_seen == 0:
             raise ValueError("no features were added to the coreset")
         if self.exact:
-            self._release_buffer()
             self._join_loose()
             parts = self._pending
         else:

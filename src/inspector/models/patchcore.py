@@ -169,8 +169,6 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         t0 = time.perf_counter()
         for batch in self._batches(images, progress, "features"):
             rows = patch_rows(self._features(batch)[0])
-            if coreset.n_seen == 0:  # every image gives as many patches: the total is known now
-                coreset.reserve(len(rows) // len(batch) * len(images))
             if statistics is not None:
                 statistics.add(rows)
             coreset.add(rows)
