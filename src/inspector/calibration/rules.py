@@ -111,16 +111,24 @@ def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float, confidenc
 # ---- the rules -----------------------------------------------------------------------------------------------
 
 
+def below_lowest_failing(scores: np.ndarray, threshold: float) -> float:
+    """Midway between `threshold` (a score that fails) and the highest score that passes: the same verdicts on
+    these images, but none of them sits on the threshold, where a difference in the last digit (torch against
+    onnxruntime, an export) would flip its verdict."""
+    passing = scores[scores < threshold]
+    return float((threshold + passing.max()) / 2) if passing.size else threshold
+
+
 def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """Threshold of the best F1 (highest one among ties: fewest alarms)."""
-    return metrics.f1_max(labels, scores)[1]
+    return below_lowest_failing(scores, metrics.f1_max(labels, scores)[1])
 
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """Threshold of the largest recall - FRR (highest one among ties)."""
     fpr, tpr, thresholds = metrics.roc_curve(labels, scores)
     j = tpr[1:] - fpr[1:]  # index 0 is the +inf threshold that rejects nothing
-    return float(thresholds[1:][np.argmax(j)])
+    return below_lowest_failing(scores, float(thresholds[1:][np.argmax(j)]))
 
 
 def fpr_threshold(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:
@@ -129,14 +137,14 @@ def fpr_threshold(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> 
     allowed = min(good.size - 1, math.floor(target_fpr * good.size + _EPS))
     must_pass = good[allowed]  # the (allowed + 1)-th highest good score
     above = scores[scores > must_pass]
-    return float(above.min()) if above.size else float(np.nextafter(must_pass, np.inf))
+    return float((above.min() + must_pass) / 2) if above.size else float(np.nextafter(must_pass, np.inf))
 
 
 def recall_threshold(labels: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
     """Highest threshold that still fails ceil(target * n) of the n defective images."""
     bad = np.sort(scores[labels])[::-1]
     must_fail = max(1, math.ceil(target_recall * bad.size - _EPS))
-    return float(bad[must_fail - 1])
+    return below_lowest_failing(scores, float(bad[must_fail - 1]))
 
 
 def normal_order_statistic(n: int, target_fpr: float, confidence: float) -> tuple[int, bool]:

@@ -40,7 +40,7 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--coreset-ratio", type=float, help="PatchCore: fraction of patches kept in the memory bank")
-    p.add_argument("--index", choices=choices(IndexKind), help="PatchCore: FAISS index kind (default flat)")
+    p.add_argument("--index", choices=choices(IndexKind), help="PatchCore: FAISS index kind (default hnsw)")
     p.add_argument("--embed-dim", type=int, help="PatchCore: project patch features to this many dimensions")
     p.add_argument(
         "--image-score",

@@ -1,8 +1,9 @@
 """The nearest-neighbour core: a small FAISS wrapper that searches a memory bank and saves with the model.
 
-Exact flat L2 is the default (a 1% coreset is small enough that exact search costs well under a millisecond
-per patch batch); IVF or HNSW trade a little recall for speed on large banks. A GPU is used when faiss was
-built with one and one is present. Distances returned are Euclidean (not squared), as PatchCore defines them.
+Exact flat L2 searches every bank entry; IVF or HNSW trade a little recall for less work (PatchCore's default is
+HNSW, docs/benchmarks.md measures each). A GPU is used when faiss was built with one and one is present; there
+the bank is searched exactly, which a GPU does fastest, whatever the kind (faiss has no GPU HNSW). Distances
+returned are Euclidean (not squared), as PatchCore defines them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class NearestNeighbourIndex:
 
     @property
     def on_gpu(self) -> bool:
-        """Whether searches run on a GPU copy of the index (faiss-gpu with a GPU, and not HNSW)."""
+        """Whether searches run on a GPU copy of the index (faiss-gpu with a GPU; exact for an HNSW index)."""
         return self._search_index is not None and self._search_index is not self._cpu_index
 
     def build(self, bank: np.ndarray) -> NearestNeighbourIndex:
@@ -80,7 +81,11 @@ class NearestNeighbourIndex:
             index.hnsw.efSearch = self.ef_search
         self._cpu_index = index
         self._search_index = index
-        if self.use_gpu and self.kind != "hnsw":  # faiss has no GPU HNSW
+        if self.use_gpu:
+            if isinstance(index, faiss.IndexHNSW):  # no GPU HNSW: an exact index of the vectors it stores
+                flat = faiss.IndexFlatL2(index.d)
+                flat.add(index.storage.reconstruct_n(0, index.ntotal))
+                index = flat
             self._gpu_resources = faiss.StandardGpuResources()
             self._search_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
 

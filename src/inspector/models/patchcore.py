@@ -71,10 +71,13 @@ class PatchCore(AnomalyModel, kind="patchcore"):
 
     `coreset_ratio` of all training patches are kept, chosen by greedy k-center; while the patches fit in
     `coreset_budget_mb` the paper's single pass runs over all of them, beyond it a streamed two-level pass
-    (`coreset_oversample` times the ratio per chunk) keeps memory bounded. `coreset_precision="float16"` holds
-    the patches in half the memory (twice as many fit the budget), rounding the bank to float16 values.
+    (`coreset_oversample` times the ratio per chunk) keeps memory bounded. The patches are held in
+    `coreset_precision`: float16 (the default) takes half the memory of float32, so twice as many fit the budget,
+    and rounds the bank to float16 values; docs/benchmarks.md measures both on three data sets.
     `image_score` and `num_neighbors`
-    choose the image score (see `PatchCoreScorer`), `index` the FAISS index kind. `projection` ("pca" or "whiten",
+    choose the image score (see `PatchCoreScorer`), `index` the FAISS index kind: HNSW keeping `ef_search` = 8
+    candidates by default, the one setting measured to halve the search at the exact search's accuracy on all three
+    data sets of docs/benchmarks.md (`index="flat"` is exact). `projection` ("pca" or "whiten",
     `inspector.components.projection`) maps patch features onto their `projection_dim` directions of largest
     variance over all training patches before the search, cutting its arithmetic (docs/benchmarks.md measures
     the trade-off); the bank is picked at full width, then projected, and the network ends in the projection.
@@ -88,16 +91,16 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         coreset_ratio: float = 0.01,
         coreset_oversample: float = 10.0,
         coreset_budget_mb: float | None = 512.0,
-        coreset_precision: CoresetPrecision = "float32",
+        coreset_precision: CoresetPrecision = "float16",
         embed_dim: int | None = None,
         patch_size: int = 3,
-        index: IndexKind = "flat",
+        index: IndexKind = "hnsw",
         image_score: ImageScore = "map",
         num_neighbors: int = 9,
         projection: ProjectionKind | None = None,
         projection_dim: int | None = None,
         nprobe: int = 8,
-        ef_search: int = 64,
+        ef_search: int = 8,
         **common: Any,
     ) -> None:
         super().__init__(**common)
