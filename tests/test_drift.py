@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,16 +73,6 @@ def test_image_statistics_measure_brightness_contrast_and_sharpness() -> None:
     brighter = np.clip(sharp.astype(int) + 30, 0, 255).astype(np.uint8)
     assert image_statistics(blurred)["sharpness"] < image_statistics(sharp)["sharpness"] / 4
     assert image_statistics(brighter)["brightness"] == pytest.approx(image_statistics(sharp)["brightness"] + 30, abs=1)
-
-
-def test_image_statistics_cost_well_under_a_millisecond_on_800x800() -> None:
-    image = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
-    times = []
-    for _ in range(30):
-        start = time.perf_counter()
-        image_statistics(image)
-        times.append(time.perf_counter() - start)
-    assert np.median(times) < 2e-3  # measured 0.3 ms idle (docs/benchmarks.md); slack for a shared box
 
 
 def test_psi_is_near_zero_for_the_same_population_and_large_for_a_shifted_one() -> None:
