@@ -17,8 +17,9 @@ its three fitting passes driven without Lightning: PCA, shrunk covariance, merge
 tf_efficientnet_lite0 blocks.2 + blocks.4 with inspector's offline weights; and inspector's PatchCore with the
 variants in `VARIANTS` (default settings otherwise: lite0, stages 2+3, 256 px, 1% coreset, seed 0).
 
-Jobs run `--workers` at a time (each fresh process gets `--threads` threads), longest first, so anomalib's
-46-minute coreset on magnetic_tile runs beside the rest. Fit times are therefore not comparable across jobs;
+Jobs run `--workers` at a time (each fresh process gets `--threads` threads), longest first. anomalib's
+coreset on magnetic_tile takes 46 minutes alone on two threads and about two hours on one thread beside the
+other jobs; `--skip magnetic_tile:anomalib` leaves it out. Fit times are not comparable across jobs;
 `bench_patchcore.py` measures time and memory on a quiet machine. Every finished job is appended to
 `--jsonl` at once, so a long run that is cut short keeps what it finished, and running the same command again
 runs only the jobs not in the file yet; `--report FILE` prints the tables from such a file.
