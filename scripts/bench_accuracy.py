@@ -75,6 +75,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pca64 + hnsw ef8": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 8},
     "fp16 patches": {"coreset_precision": "float16"},
     "fp32 patches": {"coreset_precision": "float32"},
+    "blur 2": {"blur_sigma": 2.0},
+    "blur 8": {"blur_sigma": 8.0},
 }
 ANOMALIB_TOOLS = ("anomalib", "mh-patchcore")
 # Rough single-thread minutes per job, to start the longest first.
