@@ -10,7 +10,8 @@ What every benchmark needs the same way, so that numbers from different scripts 
 * `peak_rss_mib` / `current_rss_mib` measure memory the same way for every tool;
 * `time_each` times a per-image call after a warm-up (wall and CPU time); `cpu_seconds` and `load_average`
   help judge timings taken on a shared machine;
-* `load_offline_weights` puts inspector's offline backbone weights into an anomalib feature extractor;
+* `load_offline_weights` puts inspector's offline backbone weights into an anomalib feature extractor, and
+  `anomalib_input` makes its input from decoded images the way inspector's network gets them;
 * `evaluate_maps` computes image AUROC, pixel AUROC and AUPRO the same way for every tool, and
   `SUMMARY_COLUMNS` / `STAGE_COLUMNS` lay them out;
 * `machine_info`, `markdown_table` and `write_json` report the results.
@@ -208,6 +209,24 @@ def summarize_ms(ms: Sequence[float]) -> dict[str, float]:
 
 
 # ---- anomalib --------------------------------------------------------------------------------------------
+
+
+WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
+
+
+def anomalib_input(size: int) -> Callable[[list[np.ndarray]], Any]:
+    """Decoded RGB images -> anomalib's input: inspector's resize to size x size (the float32 0..255 NCHW batch
+    inspector's network gets), then scaled as the weights expect, (x/255 - 0.5) / 0.5."""
+    import torch
+
+    from inspector.features.preprocess import Preprocessing
+
+    preprocess = Preprocessing((size, size))
+
+    def to_input(images: list[np.ndarray]) -> torch.Tensor:
+        return (torch.from_numpy(preprocess(images)) / 255.0 - WEIGHTS_MEAN) / WEIGHTS_STD
+
+    return to_input
 
 
 def load_offline_weights(extractor: Any, backbone: str, out_indices: Sequence[int]) -> str:

@@ -43,6 +43,7 @@ import numpy as np
 
 from _bench_common import (
     DEFAULT_DATA_ROOT,
+    anomalib_input,
     evaluate_maps,
     limit_threads,
     list_dataset,
@@ -55,7 +56,7 @@ from _bench_common import (
     set_up_fit_process,
     time_scoring,
 )
-from bench_patchcore import ANOMALIB_LAYERS, BACKBONE, INSPECTOR_LAYERS, WEIGHTS_MEAN, WEIGHTS_STD, Config
+from bench_patchcore import ANOMALIB_LAYERS, BACKBONE, INSPECTOR_LAYERS, Config
 from bench_patchcore import run_anomalib as run_anomalib_patchcore
 
 ELPV_TRAIN = 250
@@ -149,14 +150,8 @@ def run_mh_patchcore(train: list[Path], test: list[Path], cfg: Config) -> dict:
     from anomalib.models.image.mh_patchcore.torch_model import MHPatchcoreModel
 
     from inspector.data import read_image
-    from inspector.features.preprocess import Preprocessing
 
-    preprocess = Preprocessing((SIZE, SIZE))
-
-    def to_input(images: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(preprocess(images))
-        return (batch / 255.0 - WEIGHTS_MEAN) / WEIGHTS_STD
-
+    to_input = anomalib_input(SIZE)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     model = MHPatchcoreModel(backbone=BACKBONE, layers=ANOMALIB_LAYERS, pre_trained=False, num_neighbors=9)

@@ -70,6 +70,7 @@ from _bench_common import (
     DEFAULT_DATA_ROOT,
     STAGE_COLUMNS,
     SUMMARY_COLUMNS,
+    anomalib_input,
     cpu_seconds,
     current_rss_mib,
     evaluate_maps,
@@ -95,7 +96,6 @@ from _bench_common import (
 BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
-WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
 FASTFLOW_LR, FASTFLOW_WEIGHT_DECAY = 0.001, 0.00001  # anomalib's Fastflow.configure_optimizers
 MODELS = ("padim", "fastflow")
 TOOLS = ("inspector", "anomalib")
@@ -156,21 +156,6 @@ def run_inspector(kind: str, train: list[Path], test: list[Path], cfg: Config) -
     return {**time_scoring(score_one, train[: cfg.warmup], test), "fit": fit}
 
 
-def input_scaler(cfg: Config) -> Callable:
-    """Decoded RGB images -> anomalib's input: inspector's resize, then (x/255 - 0.5) / 0.5, NCHW float32."""
-    import torch
-
-    from inspector.features.preprocess import Preprocessing
-
-    preprocess = Preprocessing((cfg.image_size, cfg.image_size))
-
-    def to_input(images: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(preprocess(images))  # (B, 3, H, W) float32 0..255, as inspector's network gets
-        return (batch / 255.0 - WEIGHTS_MEAN) / WEIGHTS_STD
-
-    return to_input
-
-
 def anomalib_scoring(model, to_input: Callable, train: list[Path], test: list[Path], cfg: Config) -> dict:
     """Time anomalib's torch model on the test images (batch 1), then split its time into stages."""
     import torch
@@ -200,7 +185,7 @@ def run_anomalib_padim(train: list[Path], test: list[Path], cfg: Config) -> dict
 
     from inspector.data import read_image
 
-    to_input = input_scaler(cfg)
+    to_input = anomalib_input(cfg.image_size)
     torch.manual_seed(cfg.seed)  # PadimModel draws its channel subset from the global RNG
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()
     start = time.perf_counter()
@@ -292,7 +277,7 @@ def run_anomalib_fastflow(train: list[Path], test: list[Path], cfg: Config) -> d
 
     from inspector.data import read_image
 
-    to_input = input_scaler(cfg)
+    to_input = anomalib_input(cfg.image_size)
     torch.manual_seed(cfg.seed)  # flow initialisation and FrEIA's permutations
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()
     start = time.perf_counter()

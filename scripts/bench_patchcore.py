@@ -58,6 +58,7 @@ from _bench_common import (
     DEFAULT_DATA_ROOT,
     STAGE_COLUMNS,
     SUMMARY_COLUMNS,
+    anomalib_input,
     cpu_seconds,
     current_rss_mib,
     evaluate_maps,
@@ -83,7 +84,6 @@ from _bench_common import (
 BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
-WEIGHTS_MEAN = WEIGHTS_STD = 0.5  # the offline EfficientNet-Lite weights' input convention
 TOOLS = ("inspector", "inspector-fp32", "anomalib")
 # inspector's rows: estimator parameters on top of the common settings.
 INSPECTOR_PARAMS = {"inspector": {}, "inspector-fp32": {"coreset_precision": "float32"}}
@@ -152,14 +152,8 @@ def run_anomalib(train: list[Path], test: list[Path], cfg: Config) -> dict:
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
     from inspector.data import read_image
-    from inspector.features.preprocess import Preprocessing
 
-    preprocess = Preprocessing((cfg.image_size, cfg.image_size))
-
-    def to_input(images: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(preprocess(images))  # (B, 3, H, W) float32 0..255, as inspector's network gets
-        return (batch / 255.0 - WEIGHTS_MEAN) / WEIGHTS_STD
-
+    to_input = anomalib_input(cfg.image_size)
     torch.manual_seed(cfg.seed)  # KCenterGreedy's random start
     np.random.seed(cfg.seed)  # SparseRandomProjection's sklearn sampling
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()

@@ -50,6 +50,7 @@ import numpy as np
 
 from _bench_common import (
     DEFAULT_DATA_ROOT,
+    anomalib_input,
     limit_threads,
     list_dataset,
     load_average,
@@ -351,7 +352,6 @@ def run_anomalib_scoring(site: str, model_path: Path, test: list[Path], threads:
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
     from inspector.data import read_image
-    from inspector.features.preprocess import Preprocessing
     from inspector.models.scoring import load_scorer
 
     bank = load_scorer(model_path, threads=1).memory_bank  # type: ignore[attr-defined]
@@ -359,13 +359,13 @@ def run_anomalib_scoring(site: str, model_path: Path, test: list[Path], threads:
     load_offline_weights(model.feature_extractor, BACKBONE, LAYERS)
     model.memory_bank = torch.from_numpy(np.ascontiguousarray(bank))
     model.eval()
-    preprocess = Preprocessing((IMAGE_SIZE, IMAGE_SIZE))
+    to_input = anomalib_input(IMAGE_SIZE)
     images = [read_image(p) for p in test]
     ms = []
     load_before = load_average()
     for i, image in enumerate([*images[:warmup], *images]):
         t0 = time.perf_counter()
-        x = (torch.from_numpy(preprocess([image])) / 255.0 - 0.5) / 0.5
+        x = to_input([image])
         with torch.inference_mode():
             out = model(x)
         float(out.pred_score[0])
