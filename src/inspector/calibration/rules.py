@@ -137,7 +137,7 @@ def fpr_threshold(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> 
     allowed = min(good.size - 1, math.floor(target_fpr * good.size + _EPS))
     must_pass = good[allowed]  # the (allowed + 1)-th highest good score
     above = scores[scores > must_pass]
-    return float((above.min() + must_pass) / 2) if above.size else float(np.nextafter(must_pass, np.inf))
+    return below_lowest_failing(scores, float(above.min())) if above.size else float(np.nextafter(must_pass, np.inf))
 
 
 def recall_threshold(labels: np.ndarray, scores: np.ndarray, target_recall: float) -> float:

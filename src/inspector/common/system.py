@@ -41,8 +41,7 @@ def return_large_frees_to_the_system() -> bool:
     cost page faults on every image. Returns False where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # no C library found, or one without mallopt
         return False
-    return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, FIT_MMAP_THRESHOLD) == 1)
+    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, FIT_MMAP_THRESHOLD) == 1

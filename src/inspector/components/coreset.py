@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from inspector.common.progress import progress_bar
@@ -89,9 +90,8 @@ class _BlockedGreedy:
             raise ValueError("features must be finite")  # a NaN bound would hide its block from every pick
         self.workers = workers
         self.min_dist = torch.full((len(x),), float("inf"))
-        # The centers as float32 rows: views of x, or for float16 rows copies into one array made once.
-        self.center_rows = None if x.dtype == torch.float32 else torch.empty(n_select, x.shape[1])
-        self.centers: list[torch.Tensor] = []
+        self.center_rows = torch.empty(n_select, x.shape[1])  # the centers, copied as float32 rows
+        self.centers: list[torch.Tensor] = []  # views of center_rows, made once
         self.widened = threading.local()  # per worker: a float32 copy of the part it updates (float16 rows)
         self.center_sq_norms = torch.empty(n_select)
         self.block_rows = workers * PART_ROWS
@@ -100,10 +100,7 @@ class _BlockedGreedy:
 
     def add_center(self, index: int) -> None:
         self.center_sq_norms[len(self.centers)] = self.sq_norms[index]
-        if self.center_rows is None:
-            self.centers.append(self.x[index])
-        else:
-            self.centers.append(self.center_rows[len(self.centers)].copy_(self.x[index]))
+        self.centers.append(self.center_rows[len(self.centers)].copy_(self.x[index]))
 
     def farthest(self, pool: ThreadPoolExecutor) -> int:
         """The row farthest from its nearest center, the lowest index among equals (as torch.argmax picks)."""
@@ -182,7 +179,7 @@ class StreamingCoreset:
         seed: int = 0,
         exact_budget_mb: float | None = 512.0,
         threads: int | None = None,
-        dtype: type[np.floating] = np.float32,
+        dtype: npt.DTypeLike = np.float32,
     ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")

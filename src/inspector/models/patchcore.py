@@ -166,7 +166,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             seed=self.seed,
             exact_budget_mb=self.coreset_budget_mb,
             threads=self.threads,
-            dtype=np.float16 if self.coreset_precision == "float16" else np.float32,
+            dtype=np.dtype(self.coreset_precision),
         )
         statistics = PatchStatistics() if self.projection is not None else None
         t0 = time.perf_counter()
