@@ -30,9 +30,8 @@ CAMERA, OPERATOR = "camera-secret-1", "operator-secret-2"
 
 def settings_for(model_dir: Path, store_dir: Path, **overrides: Any) -> Settings:
     store_settings = {"dir": store_dir, "min_free_disk_mb": 0, **overrides.pop("store", {})}
-    return Settings(
-        models=[ModelSpec(dir=model_dir)], warmup_runs=1, threads=2, store=StoreSettings(**store_settings), **overrides
-    )
+    defaults: dict[str, Any] = {"models": [ModelSpec(dir=model_dir)], "warmup_runs": 1, "threads": 2}
+    return Settings(**{**defaults, **overrides, "store": StoreSettings(**store_settings)})
 
 
 @contextmanager

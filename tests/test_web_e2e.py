@@ -31,9 +31,10 @@ from inspector.data import Dataset, read_image
 from inspector.link.settings import LinkSettings, WebhookSettings
 from inspector.models.estimators import PatchCore
 from inspector.service.app import DEFAULT_WEB_DIR, create_app
-from inspector.service.config import ModelSpec, Settings, StoreSettings
+from inspector.service.config import Settings, StoreSettings
 from inspector.service.server import Server
 from tests.helpers import free_port, wait_for
+from tests.test_service import settings_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -98,15 +99,8 @@ def service(
     parts = {"pass": by_score[0][1].path, "review": middle[1].path, "fail": by_score[-1][1].path}
     assert [line.verdict(s) for s in (by_score[0][0], middle[0], by_score[-1][0])] == ["pass", "review", "fail"]
 
-    settings = Settings(
-        models=[ModelSpec(dir=model_dir)],
-        warmup_runs=1,
-        threads=2,
-        camera_key=CAMERA,
-        operator_key=OPERATOR,
-        web_dir=WEB,
-        log_level="warning",
-        store=StoreSettings(dir=root / "store", min_free_disk_mb=0),
+    settings = settings_for(
+        model_dir, root / "store", camera_key=CAMERA, operator_key=OPERATOR, web_dir=WEB, log_level="warning"
     )
     with serving(settings) as (url, _):
         svc = Service(url, model_dir, parts)
@@ -290,13 +284,7 @@ def test_a_calibration_switch_on_the_page_is_listed_in_the_audit_log(page: Any, 
 
 
 def test_without_keys_the_page_asks_for_none(browser: Any, service: Service, tmp_path: Path) -> None:
-    settings = Settings(
-        models=[ModelSpec(dir=service.model_dir)],
-        warmup_runs=0,
-        threads=1,
-        web_dir=WEB,
-        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
-    )
+    settings = settings_for(service.model_dir, tmp_path, warmup_runs=0, threads=1, web_dir=WEB)
     with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
         page = context.new_page()
         page.goto(url)
@@ -316,14 +304,8 @@ def test_a_dead_line_link_shows_on_the_page_and_never_fails_an_inspection(
     browser: Any, service: Service, tmp_path: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/results"  # a port nobody listens on: the MES endpoint is down
-    settings = Settings(
-        models=[ModelSpec(dir=service.model_dir)],
-        warmup_runs=0,
-        threads=1,
-        web_dir=WEB,
-        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
-        links=LinkSettings(webhook=WebhookSettings(urls=[dead], retries=0, timeout_s=0.5)),
-    )
+    links = LinkSettings(webhook=WebhookSettings(urls=[dead], retries=0, timeout_s=0.5))
+    settings = settings_for(service.model_dir, tmp_path, warmup_runs=0, threads=1, web_dir=WEB, links=links)
     with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
         page = context.new_page()
         page.goto(url)
@@ -424,12 +406,7 @@ def read_event(lines: Iterator[str]) -> tuple[str, dict[str, Any]]:
 
 
 def test_stopping_the_server_ends_open_event_streams(service: Service, tmp_path: Path) -> None:
-    settings = Settings(
-        models=[ModelSpec(dir=service.model_dir)],
-        warmup_runs=0,
-        threads=1,
-        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
-    )
+    settings = settings_for(service.model_dir, tmp_path, warmup_runs=0, threads=1)
     with serving(settings) as (url, server), httpx.stream("GET", f"{url}/v1/events", timeout=30) as stream:
         lines = stream.iter_lines()
         assert read_event(lines)[0] == "connected"
@@ -546,13 +523,7 @@ def test_the_drift_view_plots_the_statistics_and_the_alarm_shows_on_every_view(
 ) -> None:
     """60 parts under a far brighter light than the training images: the alert appears in the top bar of the
     live view, and the Drift view shows the recipe in alarm with its table and plots drawn."""
-    settings = Settings(
-        models=[ModelSpec(dir=service.model_dir)],
-        warmup_runs=0,
-        threads=1,
-        web_dir=WEB,
-        store=StoreSettings(dir=tmp_path, min_free_disk_mb=0),
-    )
+    settings = settings_for(service.model_dir, tmp_path, warmup_runs=0, threads=1, web_dir=WEB)
     bright = np.clip(read_image(service.parts["pass"]).astype(int) + 90, 0, 255).astype(np.uint8)
     data = cv2.imencode(".png", cv2.cvtColor(bright, cv2.COLOR_RGB2BGR))[1].tobytes()
     with serving(settings) as (url, _), browser.new_context(viewport=SCREEN) as context:
