@@ -24,6 +24,15 @@ def test_both_flags_are_taken_as_given() -> None:
     assert (params["image_size"], params["crop_size"]) == (256, 224)
 
 
+def test_a_set_value_of_null_is_kept_where_a_flag_left_out_is_not() -> None:
+    config = {"patchcore": {"density_neighbors": 9, "coreset_budget_mb": 256.0}}
+    overrides = {"coreset_budget_mb": None}  # a flag not given
+    _, params = resolve_fit_settings(config, "patchcore", overrides, {"density_neighbors": None})
+    assert params["density_neighbors"] is None  # --set density_neighbors=null: the bare distance
+    assert params["coreset_budget_mb"] == 256.0
+    assert PatchCore(**params).density_neighbors is None
+
+
 def test_a_crop_larger_than_the_image_is_refused_naming_both_settings() -> None:
     with pytest.raises(ParameterError, match=r"crop_size 288 does not fit in image_size 256"):
         PatchCore(image_size=256, crop_size=288).fit([])

@@ -112,12 +112,11 @@ def run(args: argparse.Namespace) -> int:
         "image_score": args.image_score,
         "epochs": args.epochs,
         "n_features": args.n_features,
-        **set_pairs(args.set),
     }
     if args.crop_size == 0:
         overrides["crop_size"] = None
         config.pop("crop_size", None)
-    kind, params = resolve_fit_settings(config, args.model, overrides)
+    kind, params = resolve_fit_settings(config, args.model, overrides, set_pairs(args.set))
     if args.image_size and args.crop_size is None and config.get("crop_size"):
         print(
             f"crop_size scaled with --image-size: {config['crop_size']} of {config.get('image_size')} px becomes "

@@ -52,9 +52,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def resolve_fit_settings(
-    config: dict[str, Any], model: str | None, overrides: dict[str, Any]
+    config: dict[str, Any], model: str | None, overrides: dict[str, Any], settings: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """The model kind and its constructor parameters from a config plus flag overrides (None = not given)."""
+    """The model kind and its constructor parameters from a config plus flag overrides (None = not given), then
+    `settings` (`--set key=value`), taken as given: `--set density_neighbors=null` asks for None."""
     kind = model or config.get("model") or DEFAULT_MODEL_KIND
     if kind not in ESTIMATORS:
         raise ConfigError(f"unknown model '{kind}', choose from {', '.join(ESTIMATORS)}")
@@ -67,7 +68,7 @@ def resolve_fit_settings(
     if not isinstance(section, dict):
         raise ConfigError(f"config section '{kind}' must be a mapping")
     params.update(section)
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in overrides.items() if v is not None} | (settings or {})
     if "image_size" in given and "crop_size" not in given and params.get("crop_size") and params.get("image_size"):
         given["crop_size"] = scaled_crop(params["crop_size"], params["image_size"], given["image_size"])
     params.update(given)
