@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inspector.common.errors import ParameterError
-from inspector.components.knn import IndexLoadError, NearestNeighbourIndex
+from inspector.components.knn import IndexLoadError, NearestNeighbourIndex, relative_spacing
 
 
 @pytest.fixture
@@ -50,3 +50,23 @@ def test_bad_kind_and_damaged_bytes_are_clear_errors(bank: np.ndarray) -> None:
         NearestNeighbourIndex().from_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="empty"):
         NearestNeighbourIndex().search(bank[:1])
+
+
+def test_relative_spacing_is_small_where_the_bank_is_crowded() -> None:
+    rng = np.random.default_rng(0)
+    crowded = rng.normal(scale=0.1, size=(50, 8))
+    sparse = rng.normal(scale=5.0, size=(50, 8)) + 20.0
+    spacing = relative_spacing(np.concatenate([crowded, sparse]).astype(np.float32), k=3)
+    assert spacing.dtype == np.float32 and spacing.shape == (100,)
+    assert abs(float(spacing.mean()) - 1.0) < 1e-5
+    assert spacing[:50].max() < spacing[50:].min()
+
+
+def test_relative_spacing_stays_finite_on_duplicated_or_tiny_banks() -> None:
+    twins = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], dtype=np.float32)
+    spacing = relative_spacing(twins, k=1)
+    assert np.all(np.isfinite(spacing)) and np.all(spacing > 0)
+    assert spacing[0] == spacing[1] < spacing[3]
+    np.testing.assert_array_equal(relative_spacing(np.zeros((5, 3), np.float32), k=2), np.ones(5, np.float32))
+    np.testing.assert_array_equal(relative_spacing(np.ones((1, 3), np.float32), k=9), np.ones(1, np.float32))
+

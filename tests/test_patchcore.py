@@ -13,7 +13,7 @@ from inspector.data import Dataset, read_image
 from inspector.evaluation.evaluate import evaluate
 from inspector.models.estimators import PatchCore, create_model
 from inspector.models.persistence import read_manifest
-from inspector.models.scoring import PatchCoreScorer, Scorer, load_scorer
+from inspector.models.scoring import PatchCoreScorer, Scorer, load_scorer, patch_rows
 from tests.conftest import SIZE
 
 
@@ -88,20 +88,50 @@ def test_approximate_index_and_reweighting_still_separate_defects(dataset: Datas
     assert report["image_auroc"] >= 0.85
 
 
-def test_image_score_is_the_peak_of_the_heatmap_the_operator_sees(
+def test_image_score_is_read_off_the_heatmap_the_operator_sees(
     patchcore_dir: Path, dataset: Dataset, tmp_path: Path
 ) -> None:
     images = [read_image(s.path) for s in dataset.test()[:4]]
     result = load_scorer(patchcore_dir).score(images)
-    np.testing.assert_allclose(result.scores, result.maps.reshape(len(images), -1).max(axis=1), rtol=1e-6)
-    # The paper's raw patch maximum is still there: it is the peak before the map is smoothed, so never lower.
+    # The mean of the map's highest 1% of pixels: never above the peak, so a failing image has pixels to show.
+    pixels = np.sort(result.maps.reshape(len(images), -1), axis=1)[:, ::-1]
+    top = int(pixels.shape[1] * 0.01)
+    np.testing.assert_allclose(result.scores, pixels[:, :top].mean(axis=1), rtol=1e-5)
+    assert np.all(result.scores < pixels[:, 0])
     shutil.copytree(patchcore_dir, tmp_path / "m")
-    patch = load_scorer(tmp_path / "m")
-    assert isinstance(patch, PatchCoreScorer)
-    patch.image_score = "patch"
-    raw = patch.score(images).scores
-    assert np.all(raw >= result.scores - 1e-4)
-    assert np.any(raw > result.scores)
+    scorer = load_scorer(tmp_path / "m")
+    assert isinstance(scorer, PatchCoreScorer)
+    scorer.map_top_fraction = 0.0
+    np.testing.assert_allclose(scorer.score(images).scores, pixels[:, 0], rtol=1e-6)
+    # The paper's raw patch maximum is still there: it is the peak before the map is smoothed, so never lower.
+    scorer.image_score = "patch"
+    raw = scorer.score(images).scores
+    assert np.all(raw >= pixels[:, 0] - 1e-4)
+    assert np.any(raw > pixels[:, 0])
+
+
+def test_patch_distance_is_divided_by_the_nearest_entrys_spacing(patchcore_dir: Path, dataset: Dataset) -> None:
+    scorer = load_scorer(patchcore_dir)
+    assert isinstance(scorer, PatchCoreScorer) and scorer.spacing is not None
+    assert abs(float(scorer.spacing.mean()) - 1.0) < 1e-4 and scorer.spacing.std() > 0
+    outputs = scorer.runner(scorer.preprocessing([read_image(s.path) for s in dataset.test()[:2]]))
+    _, weighted = scorer._patch_scores(outputs)
+    scorer.spacing = None
+    _, bare = scorer._patch_scores(outputs)
+    _, nearest = scorer.index.search(patch_rows(outputs[0]), 1)
+    spacing = load_scorer(patchcore_dir).spacing
+    assert spacing is not None
+    np.testing.assert_allclose(weighted.ravel() * spacing[nearest[:, 0]], bare.ravel(), rtol=1e-5)
+
+
+def test_a_model_fitted_without_spacing_scores_bare_distances(dataset: Dataset, tmp_path: Path) -> None:
+    model = create_model("patchcore", image_size=SIZE, coreset_ratio=0.1, density_neighbors=None)
+    model.fit(dataset.train()[:6], progress=False)
+    scorer = load_scorer(model.save(tmp_path / "m"))
+    assert isinstance(scorer, PatchCoreScorer) and scorer.spacing is None
+    outputs = scorer.runner(scorer.preprocessing([read_image(dataset.test()[0].path)]))
+    distances, _ = scorer.index.search(patch_rows(outputs[0]), 1)
+    np.testing.assert_allclose(scorer._patch_scores(outputs)[1].ravel(), distances[:, 0], rtol=1e-6)
 
 
 def test_parameters_are_stored_unchanged_and_validated_by_fit() -> None:
@@ -109,6 +139,10 @@ def test_parameters_are_stored_unchanged_and_validated_by_fit() -> None:
     assert model.layers == [2, 3]  # not converted
     with pytest.raises(ParameterError, match="image_score must be one of"):
         model.fit([np.zeros((8, 8, 3), np.uint8)])
+    with pytest.raises(ParameterError, match="density_neighbors must be a positive integer or None"):
+        PatchCore(density_neighbors=0).fit([np.zeros((8, 8, 3), np.uint8)])
+    with pytest.raises(ParameterError, match=r"map_top_fraction must be in \[0, 1\)"):
+        PatchCore(map_top_fraction=1.0).fit([np.zeros((8, 8, 3), np.uint8)])
 
 
 def test_get_params_and_set_params_round_trip() -> None:
@@ -173,3 +207,12 @@ def test_patches_are_held_in_float16_unless_float32_is_asked_for(dataset: Datase
     assert not np.array_equal(single, single.astype(np.float16).astype(np.float32))  # float32 values
     with pytest.raises(ParameterError, match="coreset_precision must be one of"):
         PatchCore(coreset_precision="float8").fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_patch_rows_are_the_patches_in_image_then_row_order(dtype: type) -> None:
+    embedding = np.random.default_rng(0).random((3, 16, 12, 10)).astype(dtype)[:, :, ::2, :]  # a strided view
+    expected = np.stack([embedding[i, :, y, x] for i in range(3) for y in range(6) for x in range(10)])
+    rows = patch_rows(embedding)
+    assert rows.dtype == dtype and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, expected)

@@ -18,7 +18,7 @@ from torch.nn.utils import skip_init
 from inspector.common.errors import ParameterError
 from inspector.common.names import CoresetPrecision, ImageScore, IndexKind, choices
 from inspector.components.coreset import StreamingCoreset
-from inspector.components.knn import NearestNeighbourIndex
+from inspector.components.knn import NearestNeighbourIndex, relative_spacing
 from inspector.components.projection import (
     PROJECTION_KINDS,
     PatchStatistics,
@@ -74,9 +74,14 @@ class PatchCore(AnomalyModel, kind="patchcore"):
     (`coreset_oversample` times the ratio per chunk) keeps memory bounded. The patches are held in
     `coreset_precision`: float16 (the default) takes half the memory of float32, so twice as many fit the budget,
     and rounds the bank to float16 values; docs/benchmarks.md measures both on three data sets.
-    `image_score` and `num_neighbors`
-    choose the image score (see `PatchCoreScorer`), `index` the FAISS index kind: HNSW keeping `ef_search` = 8
-    candidates by default, the one setting measured to halve the search at the exact search's accuracy on all three
+    A patch's distance is divided by its nearest entry's spacing in the bank, the mean distance to its
+    `density_neighbors` nearest entries relative to the bank's mean (`None`: the bare distance), so a rare-but-normal
+    pattern weighs less than a small deviation from a common one. The map is smoothed with `blur_sigma` 5 (the
+    other models: 4), which keeps the divided map's pixel AUROC at the bare one's. `image_score` and
+    `num_neighbors` choose the image score (see `PatchCoreScorer`; by default the mean of the map's highest
+    `map_top_fraction` of pixels); docs/benchmarks.md measures each against anomalib on three data sets. `index` is
+    the FAISS index kind: HNSW keeping `ef_search` = 8 candidates by default, the one setting measured to halve the
+    search at the exact search's accuracy on all three
     data sets of docs/benchmarks.md (`index="flat"` is exact). `projection` ("pca" or "whiten",
     `inspector.components.projection`) maps patch features onto their `projection_dim` directions of largest
     variance over all training patches before the search, cutting its arithmetic (docs/benchmarks.md measures
@@ -96,14 +101,17 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         patch_size: int = 3,
         index: IndexKind = "hnsw",
         image_score: ImageScore = "map",
+        map_top_fraction: float = 0.01,
         num_neighbors: int = 9,
+        density_neighbors: int | None = 3,
         projection: ProjectionKind | None = None,
         projection_dim: int | None = None,
         nprobe: int = 8,
         ef_search: int = 8,
+        blur_sigma: float = 5.0,
         **common: Any,
     ) -> None:
-        super().__init__(**common)
+        super().__init__(blur_sigma=blur_sigma, **common)
         self.coreset_ratio = coreset_ratio
         self.coreset_oversample = coreset_oversample
         self.coreset_budget_mb = coreset_budget_mb
@@ -112,7 +120,9 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         self.patch_size = patch_size
         self.index = index
         self.image_score = image_score
+        self.map_top_fraction = map_top_fraction
         self.num_neighbors = num_neighbors
+        self.density_neighbors = density_neighbors
         self.projection = projection
         self.projection_dim = projection_dim
         self.nprobe = nprobe
@@ -134,6 +144,11 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             )
         if self.num_neighbors < 1:
             raise ParameterError(f"num_neighbors must be at least 1, got {self.num_neighbors}")
+        neighbors = self.density_neighbors
+        if neighbors is not None and (not isinstance(neighbors, int) or neighbors < 1):
+            raise ParameterError(f"density_neighbors must be a positive integer or None, got {neighbors!r}")
+        if not 0.0 <= self.map_top_fraction < 1.0:
+            raise ParameterError(f"map_top_fraction must be in [0, 1), got {self.map_top_fraction}")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
             raise ParameterError(f"patch_size must be a positive odd number, got {self.patch_size}")
         for name in ("nprobe", "ef_search"):
@@ -186,6 +201,9 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             channels, embed_dim = self.backbone_info_.channels, self.embed_dim
             self._compile(PatchEmbedding(channels, self.patch_size, embed_dim, self.seed, self.projection_))
         self.memory_bank_ = bank
+        self.bank_spacing_: np.ndarray | None = None
+        if self.density_neighbors is not None:
+            self.bank_spacing_ = relative_spacing(bank, self.density_neighbors)
         index = NearestNeighbourIndex(self.index, nprobe=self.nprobe, ef_search=self.ef_search)
         self.index_ = index.build(self.memory_bank_)
         self.n_patches_seen_ = coreset.n_seen
@@ -199,5 +217,11 @@ class PatchCore(AnomalyModel, kind="patchcore"):
 
     def _state(self) -> dict[str, bytes]:
         buffer = io.BytesIO()
-        np.savez(buffer, memory_bank=self.memory_bank_, n_patches_seen=np.int64(self.n_patches_seen_))
+        arrays: dict[str, np.ndarray] = {
+            "memory_bank": self.memory_bank_,
+            "n_patches_seen": np.array(self.n_patches_seen_, np.int64),
+        }
+        if self.bank_spacing_ is not None:
+            arrays["spacing"] = self.bank_spacing_
+        np.savez(buffer, allow_pickle=False, **arrays)
         return {"memory_bank.npz": buffer.getvalue(), "index.faiss": self.index_.to_bytes()}

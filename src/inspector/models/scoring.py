@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 
 from inspector.common.names import ModelKind
 from inspector.components.knn import NearestNeighbourIndex
-from inspector.components.postprocess import smooth_maps
+from inspector.components.postprocess import smooth_maps, top_mean
 from inspector.features.preprocess import Preprocessing
 from inspector.models.persistence import NETWORK_FILE, ModelDirError, read_model_dir
 from inspector.models.registry import Registry
@@ -137,14 +138,17 @@ class Scorer:
 class PatchCoreScorer(Scorer, kind="patchcore"):
     """A patch scores its Euclidean distance to the nearest memory-bank entry (FAISS).
 
-    The image score is, by default (`image_score="map"`), the peak of the finished anomaly map, so the verdict
-    rests on the very heatmap the operator sees; `"patch"` is the paper's max patch distance and `"reweighted"`
-    its re-weighted one (docs/benchmarks.md compares them).
+    A model fitted with `density_neighbors` divides that distance by the nearest entry's relative spacing in the
+    bank (`inspector.components.knn.relative_spacing`). The image score is, by default (`image_score="map"`), the
+    mean of the finished anomaly map's highest `map_top_fraction` pixels (0: its peak), so the verdict rests on the
+    very heatmap the operator sees; `"patch"` is the paper's max patch distance and `"reweighted"` its re-weighted
+    one (docs/benchmarks.md compares them).
     """
 
     def _load_state(self, files: dict[str, bytes]) -> None:
         with np.load(io.BytesIO(files["memory_bank.npz"])) as state:
             self.memory_bank = state["memory_bank"]
+            self.spacing: np.ndarray | None = state.get("spacing")
         index = NearestNeighbourIndex(
             self.params.get("index", "flat"),
             nprobe=int(self.params.get("nprobe", 8)),
@@ -153,12 +157,15 @@ class PatchCoreScorer(Scorer, kind="patchcore"):
         self.index = index.from_bytes(files["index.faiss"])
         self.image_score = self.params.get("image_score", "map")
         self.num_neighbors = int(self.params.get("num_neighbors", 9))
+        self.map_top_fraction = float(self.params.get("map_top_fraction", 0.0))
 
     def _patch_scores(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         embedding = outputs[0]
         b, _, h, w = embedding.shape
         patches = patch_rows(embedding)
         distances, nearest = self.index.search(patches, 1)
+        if self.spacing is not None:
+            distances[:, 0] /= self.spacing[nearest[:, 0]]
         patch_maps = distances[:, 0].reshape(b, h, w)
         scores = patch_maps.reshape(b, -1).max(axis=1)
         if self.image_score == "reweighted":
@@ -180,7 +187,8 @@ class PatchCoreScorer(Scorer, kind="patchcore"):
         return np.asarray((1.0 - softmax[:, 0]) * flat[rows, worst])
 
     def _image_scores(self, patch_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
-        return maps.reshape(len(maps), -1).max(axis=1) if self.image_score == "map" else patch_scores
+        # Never above the map's peak, so a failing image always has map pixels at or above the threshold.
+        return top_mean(maps, self.map_top_fraction) if self.image_score == "map" else patch_scores
 
 
 class PadimScorer(Scorer, kind="padim"):
@@ -192,9 +200,16 @@ class FastFlowScorer(Scorer, kind="fastflow"):
 
 
 def patch_rows(embedding: np.ndarray) -> np.ndarray:
-    """(B, D, h, w) -> (B*h*w, D) rows in image-major, row-major order."""
+    """(B, D, h, w) -> (B*h*w, D) rows in image-major, row-major order.
+
+    OpenCV's transpose does it for float32 at a small fraction of numpy's strided copy (docs/benchmarks.md)."""
     b, d, h, w = embedding.shape
-    return np.ascontiguousarray(embedding.transpose(0, 2, 3, 1).reshape(b * h * w, d))
+    if embedding.dtype != np.float32:
+        return np.ascontiguousarray(embedding.transpose(0, 2, 3, 1).reshape(b * h * w, d))
+    rows = np.empty((b * h * w, d), dtype=np.float32)
+    for i, image in enumerate(embedding):
+        cv2.transpose(np.ascontiguousarray(image).reshape(d, h * w), dst=rows[i * h * w : (i + 1) * h * w])
+    return rows
 
 
 def load_scorer(path: str | Path, threads: int | None = None) -> Scorer:
