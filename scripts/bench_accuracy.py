@@ -78,6 +78,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fp32 patches": {"coreset_precision": "float32"},
     "blur 2": {"blur_sigma": 2.0},
     "blur 8": {"blur_sigma": 8.0},
+    "bare distance": {"density_neighbors": None},
+    "map peak": {"map_top_fraction": 0.0},
+    "bare distance + map peak": {"density_neighbors": None, "map_top_fraction": 0.0},
 }
 ANOMALIB_TOOLS = ("anomalib", "mh-patchcore")
 # Rough single-thread minutes per job, to start the longest first.

@@ -79,6 +79,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "pca64-hnsw-ef16": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 16},
     "pca64-hnsw-ef8": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 8},
     "hnsw-ef8": {"index": "hnsw", "ef_search": 8},
+    "bare-peak": {"density_neighbors": None, "map_top_fraction": 0.0},
 }
 
 
@@ -127,13 +128,15 @@ def fit_cached(train: list[Path], out: Path, params: dict[str, Any], threads: in
     from inspector.models.estimators import create_model
 
     wanted = {"backbone": BACKBONE, "image_size": IMAGE_SIZE, "coreset_ratio": 0.01, "seed": 0, **params}
+    model = create_model("patchcore", layers=LAYERS, threads=threads, batch_size=8, **wanted)
     manifest = out / "manifest.json"
     if manifest.is_file():
+        # Every parameter must match, defaults included: a model cached before a default changed is fitted again.
         saved = json.loads(manifest.read_text())
-        same = all(saved["params"].get(k) == v for k, v in wanted.items()) and saved["fit"]["n_images"] == len(train)
+        params_now = json.loads(json.dumps(model.get_params(), default=list))
+        same = saved["params"] == params_now and saved["fit"]["n_images"] == len(train)
         if same and (not stats or (out / "patch_stats.npz").is_file()):
             return {"cached": True, **saved["fit"]}
-    model = create_model("patchcore", layers=LAYERS, threads=threads, batch_size=8, **wanted)
     model.fit(train, progress=False)
     model.save(out, {"train_dir": str(Path(train[0]).parent), "n_images": len(train)})
     if stats:
