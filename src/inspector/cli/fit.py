@@ -45,8 +45,8 @@ def add_parser(sub: Subcommands) -> None:
     p.add_argument(
         "--image-score",
         choices=choices(ImageScore),
-        help="PatchCore: image score = peak of the smoothed map (default), max patch distance, or the"
-        " paper's re-weighted max",
+        help="PatchCore: image score = mean of the smoothed map's highest pixels (default; --set map_top_fraction=0"
+        " for its peak), max patch distance, or the paper's re-weighted max",
     )
     p.add_argument("--n-features", type=int, help="PaDiM: random channel subset size")
     p.add_argument("--epochs", type=int, help="FastFlow: training epochs")
