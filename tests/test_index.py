@@ -69,4 +69,3 @@ def test_relative_spacing_stays_finite_on_duplicated_or_tiny_banks() -> None:
     assert spacing[0] == spacing[1] < spacing[3]
     np.testing.assert_array_equal(relative_spacing(np.zeros((5, 3), np.float32), k=2), np.ones(5, np.float32))
     np.testing.assert_array_equal(relative_spacing(np.ones((1, 3), np.float32), k=9), np.ones(1, np.float32))
-
