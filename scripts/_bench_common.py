@@ -335,6 +335,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
 
 
+def report_rows(rows: Sequence[dict[str, Any]], json_path: Path | None, threads: int) -> None:
+    """Print rows (dicts that may lack some columns) as one Markdown table; with `json_path`, also save them with
+    the machine's description."""
+    headers = list(dict.fromkeys(key for row in rows for key in row))
+    print(markdown_table(headers, [[row.get(h, "") for h in headers] for row in rows]))
+    if json_path:
+        write_json(json_path, {"machine": machine_info(), "threads": threads, "rows": list(rows)})
+
+
 def write_json(path: str | Path, data: dict) -> Path:
     """Write `data` as indented JSON (numpy scalars and arrays converted), creating parent folders."""
 

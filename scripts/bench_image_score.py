@@ -34,10 +34,8 @@ from _bench_common import (
     DEFAULT_DATA_ROOT,
     list_dataset,
     load_masks,
-    machine_info,
-    markdown_table,
+    report_rows,
     set_up_fit_process,
-    write_json,
 )
 
 ELPV_TRAIN = 250
@@ -128,11 +126,7 @@ def main() -> None:
                 if masks is not None:
                     row[f"{name} pixel"] = "" if reading[0] != "map" else round(pixel_auroc(masks, maps), 4)
                 print(reading_name(reading), column, row[column], flush=True)
-    table = list(rows.values())
-    headers = list(table[0])
-    print(markdown_table(headers, [[row.get(h, "") for h in headers] for row in table]))
-    if args.json:
-        write_json(args.json, {"machine": machine_info(), "threads": args.threads, "rows": table})
+    report_rows(list(rows.values()), args.json, args.threads)
 
 
 if __name__ == "__main__":
