@@ -3,9 +3,10 @@
 Issue 14 asks whether scoring an image at more than one resolution lifts accuracy across data sets. Each data
 set gets one PatchCore per size in `--sizes` (the defaults otherwise: lite0, stages 2+3, 1% coreset, the bank's
 spacing, sigma 5); each scores every test image through its fitted scorer, as the line would. A model's maps are
-divided by its bank's mean spacing (the mean distance from each entry to its 3 nearest others), so maps from
-different sizes are in the same unit, then resized to 256x256 and averaged; the image score is the mean of the
-averaged map's highest 1% of pixels, as the default reads one map. Rows: each size alone, then the combinations.
+divided by its bank's mean spacing (the mean distance from each entry to its `density_neighbors` = 3 nearest
+others), so maps from different sizes are in the same unit, then resized to 256x256 and averaged; the image score
+is the mean of the averaged map's highest 1% of pixels, as the default reads one map. Rows: each size alone, then
+the combinations.
 The cost of a combination is the sum of its models' median ms per image (they run one after the other).
 
 Data as `bench_image_score.py` (magnetic_tile with pixel AUROC against its masks; ELPV mono and poly cells, 250
@@ -23,18 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, machine_info, markdown_table, set_up_fit_process, write_json
+from _bench_common import DEFAULT_DATA_ROOT, report_rows, set_up_fit_process
 from bench_image_score import SIZE, elpv, magnetic_tile
-
-
-def mean_spacing(bank: np.ndarray, k: int = 3) -> float:
-    """The bank's mean distance from each entry to its k nearest other entries."""
-    import faiss
-
-    index = faiss.IndexFlatL2(bank.shape[1])
-    index.add(np.ascontiguousarray(bank, dtype=np.float32))
-    squared, _ = index.search(np.ascontiguousarray(bank, dtype=np.float32), k + 1)
-    return float(np.sqrt(np.maximum(squared[:, 1:], 0.0)).mean())
 
 
 def main() -> None:
@@ -47,6 +38,7 @@ def main() -> None:
     set_up_fit_process(args.threads)
     import cv2
 
+    from inspector.components.knn import bank_spacing
     from inspector.components.postprocess import top_mean
     from inspector.evaluation.metrics import auroc, pixel_auroc
     from inspector.models.estimators import create_model
@@ -60,7 +52,7 @@ def main() -> None:
         ms: dict[int, float] = {}
         for size in args.sizes:
             model = create_model("patchcore", threads=args.threads, seed=0, image_size=size).fit(train, progress=False)
-            scale = mean_spacing(model.scorer_.memory_bank)
+            scale = float(bank_spacing(model.memory_bank_, model.density_neighbors).mean())
             out, times = [], []
             for image in test:
                 start = time.perf_counter()
@@ -78,11 +70,7 @@ def main() -> None:
                 row[f"{name} pixel"] = round(pixel_auroc(masks, averaged), 4)
             row[f"{name} ms/img"] = round(sum(ms[size] for size in combo), 1)
             print(label, {k: v for k, v in row.items() if k.startswith(name)}, flush=True)
-    table = list(rows.values())
-    headers = list(table[0])
-    print(markdown_table(headers, [[row.get(h, "") for h in headers] for row in table]))
-    if args.json:
-        write_json(args.json, {"machine": machine_info(), "threads": args.threads, "rows": table})
+    report_rows(list(rows.values()), args.json, args.threads)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inspector.common.errors import ParameterError
-from inspector.components.knn import IndexLoadError, NearestNeighbourIndex, relative_spacing
+from inspector.components.knn import IndexLoadError, NearestNeighbourIndex, bank_spacing, relative_spacing
 
 
 @pytest.fixture
@@ -60,6 +60,13 @@ def test_relative_spacing_is_small_where_the_bank_is_crowded() -> None:
     assert spacing.dtype == np.float32 and spacing.shape == (100,)
     assert abs(float(spacing.mean()) - 1.0) < 1e-5
     assert spacing[:50].max() < spacing[50:].min()
+
+
+def test_bank_spacing_is_the_mean_distance_to_the_nearest_other_entries() -> None:
+    line = np.array([[0.0], [1.0], [3.0], [7.0]], dtype=np.float32)
+    np.testing.assert_allclose(bank_spacing(line, k=1), [1.0, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(bank_spacing(line, k=2), [2.0, 1.5, 2.5, 5.0])
+    np.testing.assert_array_equal(bank_spacing(line[:1], k=3), np.zeros(1, np.float32))
 
 
 def test_relative_spacing_stays_finite_on_duplicated_or_tiny_banks() -> None:

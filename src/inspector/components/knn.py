@@ -111,25 +111,31 @@ class NearestNeighbourIndex:
         return self
 
 
-def relative_spacing(bank: np.ndarray, k: int) -> np.ndarray:
-    """How far apart the bank is around each entry, relative to the whole bank: the mean distance from each entry
-    to its `k` nearest other entries, divided by that mean over all entries (float32, mean 1).
-
-    PatchCore divides a patch's distance by its nearest entry's spacing: the same distance counts for more where
-    good patches crowd together than where they are sparse, so a rare-but-normal pattern scores lower
-    (docs/benchmarks.md measures it). Exact, once, at fit time; a bank of identical entries gives all ones.
-    """
+def bank_spacing(bank: np.ndarray, k: int) -> np.ndarray:
+    """The mean distance from each bank entry to its `k` nearest other entries (float32; zeros for a bank of one).
+    Exact, once, at fit time."""
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     k = min(k, len(bank) - 1)
     if k < 1:
-        return np.ones(len(bank), dtype=np.float32)
+        return np.zeros(len(bank), dtype=np.float32)
     index = faiss.IndexFlatL2(bank.shape[1])
     index.add(bank)
     squared, _ = index.search(bank, k + 1)  # the first column is the entry itself (or an identical one)
-    spacing = np.sqrt(np.maximum(squared[:, 1:], 0.0)).mean(axis=1)
-    mean = float(spacing.mean())
+    return np.sqrt(np.maximum(squared[:, 1:], 0.0)).mean(axis=1).astype(np.float32)
+
+
+def relative_spacing(bank: np.ndarray, k: int) -> np.ndarray:
+    """How far apart the bank is around each entry, relative to the whole bank: `bank_spacing` divided by its mean
+    over all entries (float32, mean 1).
+
+    PatchCore divides a patch's distance by its nearest entry's spacing: the same distance counts for more where
+    good patches crowd together than where they are sparse, so a rare-but-normal pattern scores lower
+    (docs/benchmarks.md measures it). A bank of identical entries, or of one, gives all ones.
+    """
+    spacing = bank_spacing(bank, k)
+    mean = float(spacing.mean()) if len(spacing) else 0.0
     if mean <= 0.0:
-        return np.ones(len(bank), dtype=np.float32)
+        return np.ones(len(spacing), dtype=np.float32)
     # A duplicated entry has spacing 0; a floor keeps its patches' scores finite.
     return (np.maximum(spacing, 1e-3 * mean) / mean).astype(np.float32)
 
