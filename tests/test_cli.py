@@ -151,6 +151,22 @@ def test_fit_from_a_plain_folder_and_config_override(tmp_path: Path, synthetic_r
     assert params["coreset_ratio"] == 0.3  # flags beat the config
 
 
+def test_a_fit_past_its_coreset_budget_spills_to_the_directory_asked_for(
+    tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = synthetic_root / "synthetic" / "train" / "good"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    args = ["fit", "--train-dir", str(train), "--out", str(tmp_path / "m"), "-q", "--image-size", "64"]
+    settings = ["--set", "coreset_budget_mb=0.01", "--set", f"coreset_spill_dir={spill}"]
+    assert main([*args, *settings]) == 0
+    assert "picked from patches spilled to disk past coreset_budget_mb" in capsys.readouterr().out
+    assert list(spill.iterdir()) == []
+    not_a_directory = ["--set", "coreset_budget_mb=0.01", "--set", f"coreset_spill_dir={tmp_path / 'none'}"]
+    assert main([*args, *not_a_directory]) == EXIT_USER_ERROR
+    assert "coreset_spill_dir" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["evaluate"], ["calibrate"], ["predict", "x.png"]])
 def test_scoring_commands_parse_without_a_runtime(command: list[str]) -> None:
     assert build_parser().parse_args([*command, "--threads", "2"]).threads == 2

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import subprocess
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from inspector.components.coreset import StreamingCoreset, greedy_coreset
+from inspector.common.errors import InspectorError
+from inspector.common.system import filesystem_type
+from inspector.components.coreset import CoresetSpillError, StreamingCoreset, greedy_coreset
 
 
 def _covering_radius(points: np.ndarray, centers: np.ndarray) -> float:
@@ -100,7 +109,7 @@ def test_rejects_non_finite_features() -> None:
 
 def test_streaming_returns_the_requested_fraction_and_bounds_its_pool() -> None:
     rng = np.random.default_rng(4)
-    stream = StreamingCoreset(ratio=0.01, oversample=10, chunk_size=2048, seed=0, exact_budget_mb=0)
+    stream = StreamingCoreset(ratio=0.01, oversample=10, chunk_size=2048, seed=0, exact_budget_mb=0, fallback="stream")
     for _ in range(10):
         stream.add(rng.normal(size=(1024, 32)).astype(np.float32))
         assert stream.pool_size <= 0.1 * stream.n_seen + 2048  # reduced chunks + at most one pending chunk
@@ -112,7 +121,7 @@ def test_streaming_coreset_covers_like_the_one_shot_coreset() -> None:
     rng = np.random.default_rng(5)
     x = np.concatenate([c + rng.normal(size=(400, 8)) for c in rng.normal(scale=10, size=(20, 8))])
     x = x[rng.permutation(len(x))].astype(np.float32)
-    stream = StreamingCoreset(ratio=0.02, chunk_size=1000, projection_dim=None, exact_budget_mb=0)
+    stream = StreamingCoreset(ratio=0.02, chunk_size=1000, projection_dim=None, exact_budget_mb=0, fallback="stream")
     for part in np.array_split(x, 8):
         stream.add(part)
     streamed = _covering_radius(x, stream.finalize())
@@ -133,7 +142,8 @@ def test_within_its_memory_budget_the_stream_is_the_one_shot_coreset() -> None:
 
 def test_past_its_memory_budget_the_stream_reduces_what_it_held() -> None:
     rng = np.random.default_rng(8)
-    stream = StreamingCoreset(ratio=0.01, chunk_size=1024, seed=0, exact_budget_mb=0.25)  # 0.25 MiB = 2048 x 32
+    # 0.25 MiB = 2048 x 32
+    stream = StreamingCoreset(ratio=0.01, chunk_size=1024, seed=0, exact_budget_mb=0.25, fallback="stream")
     stream.add(rng.normal(size=(1500, 32)).astype(np.float32))
     assert stream.exact
     stream.add(rng.normal(size=(1500, 32)).astype(np.float32))
@@ -155,7 +165,9 @@ def test_held_batches_join_into_slabs_without_changing_the_coreset(monkeypatch: 
     assert len(held._pending) >= 6  # slabs of at least 256 rows, in arrival order
     np.testing.assert_array_equal(held.finalize(), x[greedy_coreset(x, 40, projection_dim=None, seed=2)])
     # Crossing the budget later cuts the slabs into exact chunks: the pool shrinks to about `keep` of what was held.
-    crossing = StreamingCoreset(ratio=0.02, chunk_size=300, projection_dim=None, exact_budget_mb=100_000 / 2**20)
+    crossing = StreamingCoreset(
+        ratio=0.02, chunk_size=300, projection_dim=None, exact_budget_mb=100_000 / 2**20, fallback="stream"
+    )
     for part in np.array_split(x, 20):
         crossing.add(part)
     assert not crossing.exact
@@ -188,7 +200,7 @@ def test_a_float16_stream_holds_half_the_bytes_and_returns_a_float32_bank() -> N
     for part in np.array_split(x, 6):
         single.add(part)
         half.add(part)
-    assert half.exact and not single.exact
+    assert not half.spilled and single.spilled
     bank = half.finalize()
     rounded = x.astype(np.float16).astype(np.float32)
     assert bank.dtype == np.float32
@@ -200,3 +212,76 @@ def test_rejects_bad_ratio_and_empty_stream() -> None:
         StreamingCoreset(ratio=0.0)
     with pytest.raises(ValueError, match="no features"):
         StreamingCoreset(ratio=0.1).finalize()
+
+
+@pytest.mark.parametrize(("dtype", "width", "projection_dim"), [(np.float32, 16, None), (np.float16, 40, 16)])
+def test_past_its_budget_a_spilled_stream_picks_the_held_bank_and_holds_none_of_it(
+    tmp_path: Path, dtype: type, width: int, projection_dim: int | None
+) -> None:
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(4000, width)).astype(np.float32)
+    held = StreamingCoreset(0.02, projection_dim=projection_dim, seed=5, exact_budget_mb=None, dtype=dtype)
+    budget_mb = 0.02
+    spilled = StreamingCoreset(
+        0.02, projection_dim=projection_dim, seed=5, exact_budget_mb=budget_mb, dtype=dtype, spill_dir=tmp_path
+    )
+    tracemalloc.start()
+    try:
+        for part in np.array_split(x, 10):
+            held_before = tracemalloc.get_traced_memory()[0]
+            spilled.add(part)
+            assert tracemalloc.get_traced_memory()[0] - held_before < budget_mb * 2**20  # written out, not kept
+            held.add(part)
+    finally:
+        tracemalloc.stop()
+    assert spilled.spilled and spilled.exact and spilled.pool_size == len(x)
+    assert list(tmp_path.iterdir()) == []  # unlinked at once: nothing is left behind, however the fit ends
+    np.testing.assert_array_equal(spilled.finalize(), held.finalize())
+
+
+def test_a_spill_it_cannot_write_says_what_to_change(tmp_path: Path) -> None:
+    stream = StreamingCoreset(0.02, exact_budget_mb=0, spill_dir=tmp_path / "missing")
+    with pytest.raises(CoresetSpillError, match=r"missing.*coreset_spill_dir.*coreset_fallback='stream'"):
+        stream.add(np.ones((10, 4), np.float32))
+    assert isinstance(CoresetSpillError("x"), InspectorError)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB file system (a tmpfs mounted here), for what a full disk does; needs root."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_while_spilling_is_one_error_that_says_what_to_change(full_disk: Path) -> None:
+    x = np.random.default_rng(15).normal(size=(4000, 16)).astype(np.float32)  # 250 KiB, four times the disk
+    stream = StreamingCoreset(0.02, exact_budget_mb=0.01, spill_dir=full_disk)
+    with pytest.raises(CoresetSpillError, match=r"No space left on device.*coreset_spill_dir"):
+        for part in np.array_split(x, 20):
+            stream.add(part)
+        stream.finalize()
+    assert not list(full_disk.iterdir()) and shutil.disk_usage(full_disk).used == 0  # the spill file let go
+    # Wide rows are projected into a second spill file: a disk that holds the rows but not that one also says so.
+    wide = StreamingCoreset(0.02, projection_dim=12, exact_budget_mb=0.001, spill_dir=full_disk, dtype=np.float16)
+    for part in np.array_split(np.ones((1500, 16), np.float16), 3):  # 47 KiB of rows, then 70 KiB projected
+        wide.add(part)
+    with pytest.raises(CoresetSpillError, match="No space left on device"):
+        wide.finalize()
+
+
+def test_spilling_to_memory_backed_storage_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    shm = Path("/dev/shm")
+    if filesystem_type(shm) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    stream = StreamingCoreset(0.5, exact_budget_mb=0, spill_dir=shm)
+    with caplog.at_level(logging.WARNING, logger="inspector.components.coreset"):
+        stream.add(np.ones((10, 4), np.float32))
+    assert "held in memory (tmpfs)" in caplog.text
+    assert stream.finalize().shape == (5, 4)

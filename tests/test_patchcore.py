@@ -174,7 +174,9 @@ def test_unfitted_model_and_empty_training_set_are_clear_errors() -> None:
         model.fit([])
 
 
-@pytest.mark.parametrize(("index", "knob"), [("ivf", {"nprobe": 3}), ("hnsw", {"ef_search": 8})])
+@pytest.mark.parametrize(
+    ("index", "knob"), [("ivf", {"nprobe": 3}), ("hnsw", {"ef_search": 5}), ("hnsw", {"hnsw_m": 12})]
+)
 def test_approximate_search_settings_are_kept_with_the_model_and_used_by_the_line(
     dataset: Dataset, tmp_path: Path, index: str, knob: dict[str, int]
 ) -> None:
@@ -207,6 +209,28 @@ def test_patches_are_held_in_float16_unless_float32_is_asked_for(dataset: Datase
     assert not np.array_equal(single, single.astype(np.float16).astype(np.float32))  # float32 values
     with pytest.raises(ParameterError, match="coreset_precision must be one of"):
         PatchCore(coreset_precision="float8").fit([np.zeros((32, 32, 3), np.uint8)])  # type: ignore[arg-type]
+
+
+def test_past_the_memory_budget_the_fit_spills_and_keeps_the_bank_or_streams_a_smaller_pool(
+    dataset: Dataset, tmp_path: Path
+) -> None:
+    """The default fallback gives the bank the patches held in memory give; "stream" trades it for bounded disk."""
+    kwargs = {"image_size": SIZE, "coreset_ratio": 0.1, "threads": 2, "batch_size": 4}
+    images = dataset.train()[:8]
+    held = PatchCore(**kwargs).fit(images, progress=False)  # type: ignore[arg-type]
+    spilled = PatchCore(coreset_budget_mb=0.01, coreset_spill_dir=str(tmp_path), **kwargs).fit(images, progress=False)  # type: ignore[arg-type]
+    streamed = PatchCore(coreset_budget_mb=0.01, coreset_fallback="stream", **kwargs).fit(images, progress=False)  # type: ignore[arg-type]
+    assert not held.fit_info_["coreset_spilled"] and held.fit_info_["coreset_exact"]
+    assert spilled.fit_info_["coreset_spilled"] and spilled.fit_info_["coreset_exact"]
+    assert not streamed.fit_info_["coreset_spilled"] and not streamed.fit_info_["coreset_exact"]
+    np.testing.assert_array_equal(spilled.memory_bank_, held.memory_bank_)
+    assert streamed.memory_bank_.shape == held.memory_bank_.shape
+    assert not np.array_equal(streamed.memory_bank_, held.memory_bank_)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ParameterError, match="coreset_fallback must be one of spill, stream"):
+        PatchCore(coreset_fallback="disk").fit(images)  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match=r"coreset_spill_dir .* is not a directory"):
+        PatchCore(coreset_spill_dir=str(tmp_path / "missing")).fit(images)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

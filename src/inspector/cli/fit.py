@@ -132,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     model.save(out, data=data)
     info = model.fit_info_
     bank = f", bank {info['bank_size']} patches" if "bank_size" in info else ""
+    if info.get("coreset_spilled"):
+        bank += " (picked from patches spilled to disk past coreset_budget_mb)"
+    elif info.get("coreset_exact") is False:
+        bank += " (picked in two levels past coreset_budget_mb)"
     print(
         f"fitted {kind}: {info['n_images']} images{bank}, {info['seconds']:.1f} s, "
         f"peak memory {info['peak_rss_mb']:.0f} MiB -> {out}"

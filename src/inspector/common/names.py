@@ -12,6 +12,7 @@ IndexKind = Literal["flat", "ivf", "hnsw"]
 ImageScore = Literal["map", "patch", "reweighted"]
 Runtime = Literal["onnxruntime", "torch"]
 CoresetPrecision = Literal["float32", "float16"]
+CoresetFallback = Literal["spill", "stream"]
 
 DEFAULT_MODEL_KIND: ModelKind = "patchcore"
 

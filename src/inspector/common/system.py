@@ -12,6 +12,7 @@ import ctypes.util
 import os
 import resource
 import sys
+from pathlib import Path
 
 
 def cpu_threads(threads: int | None = None) -> int:
@@ -45,3 +46,20 @@ def return_large_frees_to_the_system() -> bool:
     except (OSError, AttributeError):  # no C library found, or one without mallopt
         return False
     return mallopt is not None and mallopt(M_MMAP_THRESHOLD, FIT_MMAP_THRESHOLD) == 1
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> str | None:
+    """The type of the file system `path` is on ("ext4", "tmpfs", ...), from /proc/self/mounts; None elsewhere."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target, best, kind = Path(path).resolve(), -1, None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = Path(fields[1].replace("\\040", " "))
+        if target.is_relative_to(mount_point) and len(mount_point.parts) > best:
+            best, kind = len(mount_point.parts), fields[2]
+    return kind

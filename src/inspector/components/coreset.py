@@ -1,25 +1,45 @@
 """Greedy k-center coreset (PatchCore's memory-bank subsampling), with fit memory bounded by a budget.
 
-Picking a coreset from all N patches at once is the paper's algorithm and the most accurate (docs/benchmarks.md:
-image AUROC 0.9717 vs 0.9655 on magnetic_tile), but it holds an N x D array: for wide backbones or many images
-that is gigabytes, which is where anomalib runs out of memory. So patches are kept whole while they fit in
-`exact_budget_mb`; past the budget each chunk of patches is reduced by greedy k-center as it arrives (keeping
-`oversample` times the final ratio) and the final greedy pass runs over the pooled survivors. Greedy k-center is
-a 2-approximation of the optimal covering radius, so the two-level result stays a constant-factor cover.
+Picking a coreset from all N patches at once is the paper's algorithm and the most accurate (docs/benchmarks.md
+measures it against the two-level pass below), but it holds an N x D array: for wide backbones or many images
+that is gigabytes, which is where anomalib runs out of memory. So patches are held in memory while they fit in
+`exact_budget_mb`. Past the budget there are two fallbacks:
+
+* "spill" (the default): the patches go to a temporary file, and the same one-shot pass runs over the file's
+  mapping. The bank is the one the held patches would give, to the bit. The process holds only 8 bytes a patch,
+  and the kernel keeps in its page cache what fits and drops it under memory pressure.
+* "stream": each chunk of patches is reduced by greedy k-center as it arrives (keeping `oversample` times the
+  final ratio) and the final greedy pass runs over the pooled survivors. Memory and disk stay bounded however many
+  patches come; greedy k-center is a 2-approximation of the optimal covering radius, so the two-level result
+  stays a constant-factor cover, but a worse bank than the one-shot pass.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from inspector.common.errors import InspectorError
+from inspector.common.names import CoresetFallback, choices
 from inspector.common.progress import progress_bar
-from inspector.common.system import cpu_threads
+from inspector.common.system import cpu_threads, filesystem_type
+
+log = logging.getLogger(__name__)
+
+
+class CoresetSpillError(InspectorError, OSError):
+    """The coreset's spill file could not be written (most often: its disk is full)."""
 
 
 def greedy_coreset(
@@ -29,6 +49,7 @@ def greedy_coreset(
     seed: int = 0,
     progress: bool = False,
     threads: int | None = None,
+    scratch_dir: str | Path | None = None,
 ) -> np.ndarray:
     """Indices of `n_select` rows chosen by greedy k-center (farthest-point) selection.
 
@@ -36,7 +57,8 @@ def greedy_coreset(
     the PatchCore paper), which keeps pairwise distances within a small factor at a fraction of the cost. Narrow
     features are used as they are: on magnetic_tile with 152-d features, projecting to 128 cost 0.007 image AUROC.
     Distances are updated by `threads` workers (default: every core this process may run on). float16 rows are
-    read as they are and widened block by block, so they are never held twice.
+    read as they are and widened block by block, so they are never held twice. With `scratch_dir` the projected
+    rows go to a temporary file there and are read through its mapping instead of being held.
     """
     x = torch.as_tensor(features)
     if x.dtype not in (torch.float32, torch.float16):
@@ -49,7 +71,7 @@ def greedy_coreset(
     generator = torch.Generator().manual_seed(seed)
     if projection_dim is not None and x.shape[1] > projection_dim:
         projection = torch.randn(x.shape[1], projection_dim, generator=generator) / projection_dim**0.5
-        x = x @ projection if x.dtype == torch.float32 else torch.cat([p.float() @ projection for p in x.split(65536)])
+        x = _project(x, projection, scratch_dir)
     with torch.inference_mode():
         workers = cpu_threads(threads)
         greedy = _BlockedGreedy(x, n_select, workers)
@@ -60,6 +82,46 @@ def greedy_coreset(
                 greedy.add_center(int(selected[i - 1]))
                 selected[i] = greedy.farthest(pool)
     return selected
+
+
+PROJECT_ROWS = 65536  # rows projected per product: float16 rows are widened this many at a time
+
+
+def _project(x: torch.Tensor, projection: torch.Tensor, scratch_dir: str | Path | None) -> torch.Tensor:
+    """x @ projection in float32, PROJECT_ROWS at a time into memory or, with `scratch_dir`, into a mapped file.
+
+    Both give the same bits: each slice is the same product whichever memory it lands in."""
+    shape = (x.shape[0], projection.shape[1])
+    if scratch_dir is None:
+        out = torch.empty(shape)
+    else:
+        with _spill_errors(scratch_dir), tempfile.TemporaryFile(dir=scratch_dir) as file:
+            _reserve(file, shape[0] * shape[1] * 4)  # unlinked at once: the mapping keeps the file alive
+            out = torch.from_numpy(np.memmap(file, dtype=np.float32, mode="r+", shape=shape))
+    for start in range(0, shape[0], PROJECT_ROWS):
+        torch.matmul(x[start : start + PROJECT_ROWS].float(), projection, out=out[start : start + PROJECT_ROWS])
+    return out
+
+
+def _reserve(file: IO[bytes], size: int) -> None:
+    """Size `file` to `size` bytes with its disk blocks allocated now: a mapped page that finds the disk full
+    later kills the process (SIGBUS) instead of raising."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(file.fileno(), 0, size)
+    else:  # macOS: no reservation; the blocks are allocated as pages are written
+        file.truncate(size)
+
+
+@contextmanager
+def _spill_errors(directory: str | Path) -> Iterator[None]:
+    """A full disk or a missing directory while spilling, as one error that says what to change."""
+    try:
+        yield
+    except OSError as error:
+        raise CoresetSpillError(
+            f"could not write the coreset's spill file in {directory}: {error.strerror or error}; free disk space "
+            "there, point coreset_spill_dir (or TMPDIR) at a larger disk, or set coreset_fallback='stream'"
+        ) from error
 
 
 PART_ROWS = 1024  # a multiple of 64 (see below); 1024 rows of 152 floats (608 KB) stay in a core's L2 cache
@@ -167,7 +229,9 @@ class StreamingCoreset:
 
     `threads` is the greedy passes' worker count (default: every core this process may run on). `dtype` is what
     the patches are held in: float16 halves the memory they take and the memory each greedy pick reads, at the cost
-    of rounding them (and the bank taken from them) to 11 significant bits.
+    of rounding them (and the bank taken from them) to 11 significant bits. `fallback` is what happens past
+    `exact_budget_mb` (see the module's docstring); "spill" writes to a temporary file in `spill_dir` (default: the
+    system's temporary directory, TMPDIR).
     """
 
     def __init__(
@@ -180,9 +244,13 @@ class StreamingCoreset:
         exact_budget_mb: float | None = 512.0,
         threads: int | None = None,
         dtype: npt.DTypeLike = np.float32,
+        fallback: CoresetFallback = "spill",
+        spill_dir: str | Path | None = None,
     ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
+        if fallback not in choices(CoresetFallback):
+            raise ValueError(f"coreset fallback must be one of {', '.join(choices(CoresetFallback))}, got {fallback!r}")
         self.dtype = np.dtype(dtype)
         self.ratio = ratio
         # Each chunk keeps this fraction; never more than half so the pool is always a real reduction.
@@ -192,33 +260,88 @@ class StreamingCoreset:
         self.seed = seed
         self.exact_budget_bytes = None if exact_budget_mb is None else exact_budget_mb * 2**20
         self.threads = threads
+        self.fallback = fallback
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
         self.n_seen = 0
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
         self._pending_bytes = 0
         self._loose: list[np.ndarray] = []  # batches held but not yet joined into a slab
         self._pool: list[np.ndarray] = []
+        self._spill: IO[bytes] | None = None  # past the budget with fallback "spill": every patch, in arrival order
+        self._width = 0
 
     @property
     def exact(self) -> bool:
-        """True while every patch is still held, so `finalize` runs the one-shot greedy over all of them."""
-        return not self._pool and (self.exact_budget_bytes is None or self._pending_bytes <= self.exact_budget_bytes)
+        """True while the final pass is the one-shot greedy over every patch (held, or spilled to a file)."""
+        return self.spilled or (not self._pool and not self._over_budget())
+
+    @property
+    def spilled(self) -> bool:
+        """True once the patches have gone to the spill file."""
+        return self._spill is not None
 
     @property
     def pool_size(self) -> int:
+        """How many patches the final pass would run over now."""
+        if self.spilled:
+            return self.n_seen
         return sum(len(p) for p in self._pool) + self._n_pending
 
+    def _over_budget(self) -> bool:
+        return self.exact_budget_bytes is not None and self._pending_bytes > self.exact_budget_bytes
+
     def add(self, features: np.ndarray) -> None:
-        """Add (n, D) patch features; past the memory budget, full chunks are reduced immediately."""
+        """Add (n, D) patch features; past the memory budget they are spilled, or full chunks reduced."""
         features = np.ascontiguousarray(features, dtype=self.dtype)
         self.n_seen += len(features)
+        self._width = features.shape[1]
+        if self._spill is not None:
+            self._write_spill(features)
+            return
         self._n_pending += len(features)
         self._pending_bytes += features.nbytes
         self._loose.append(features)
-        if not self.exact:
+        if not self._pool and not self._over_budget():
+            if sum(p.nbytes for p in self._loose) >= SLAB_BYTES:
+                self._join_loose()
+        elif self.fallback == "spill":
+            self._start_spill()
+        else:
             self._reduce_pending(whole_chunks_only=True)
-        elif sum(p.nbytes for p in self._loose) >= SLAB_BYTES:
-            self._join_loose()
+
+    def _start_spill(self) -> None:
+        """Move every held patch to a new spill file; later batches are appended to it as they come."""
+        if filesystem_type(self.spill_dir) in ("tmpfs", "ramfs"):
+            log.warning(
+                "the coreset spills its patches to %s, which is held in memory (%s): point coreset_spill_dir or "
+                "TMPDIR at a disk to keep them out of memory",
+                self.spill_dir,
+                filesystem_type(self.spill_dir),
+            )
+        log.info(
+            "the patches passed the coreset's %.0f MiB budget: spilling them to %s",
+            self._pending_bytes / 2**20,
+            self.spill_dir,
+        )
+        self._join_loose()
+        with _spill_errors(self.spill_dir):
+            # Closed by finalize or by a failed write; unlinked at once, so the file is gone however the fit ends.
+            self._spill = tempfile.TemporaryFile(dir=self.spill_dir)  # noqa: SIM115
+        while self._pending:
+            self._write_spill(self._pending.pop(0))
+        self._n_pending = self._pending_bytes = 0
+
+    def _write_spill(self, features: np.ndarray) -> None:
+        """Append rows to the spill file; a failed write lets go of the file (and its disk) before raising."""
+        assert self._spill is not None
+        try:
+            with _spill_errors(self.spill_dir):
+                self._spill.write(features.data)
+        except CoresetSpillError:
+            self._spill.close()
+            self._spill = None
+            raise
 
     def _join_loose(self) -> None:
         """Move loose batches to the pending list as one slab (small batches reuse freed heap; slabs are mapped)."""
@@ -255,6 +378,9 @@ class StreamingCoreset:
         """The memory bank: (round(ratio * patches seen), D) float32 (the held rows, widened)."""
         if self.n_seen == 0:
             raise ValueError("no features were added to the coreset")
+        n_select = max(1, round(self.ratio * self.n_seen))
+        if self._spill is not None:
+            return self._finalize_spilled(n_select, progress)
         if self.exact:
             self._join_loose()
             parts = self._pending
@@ -263,11 +389,23 @@ class StreamingCoreset:
             parts = self._pool
         pool = _concatenate_consuming(parts)
         self._pending, self._n_pending, self._pending_bytes, self._pool, self._loose = [], 0, 0, [], []
-        n_select = max(1, round(self.ratio * self.n_seen))
         if n_select >= len(pool):
             return pool.astype(np.float32, copy=False)
         chosen = greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress, self.threads)
         return pool[chosen].astype(np.float32, copy=False)
+
+    def _finalize_spilled(self, n_select: int, progress: bool) -> np.ndarray:
+        """The one-shot pass over the spill file's mapping; the bank is copied out before the mapping goes."""
+        spill, self._spill = self._spill, None
+        assert spill is not None
+        with spill:
+            with _spill_errors(self.spill_dir):
+                spill.flush()
+            pool = np.memmap(spill, dtype=self.dtype, mode="r+", shape=(self.n_seen, self._width))
+        if n_select >= len(pool):
+            return np.array(pool, dtype=np.float32)
+        chosen = greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress, self.threads, self.spill_dir)
+        return np.array(pool[chosen], dtype=np.float32)  # a plain array in memory: the mapping goes with `pool`
 
 
 def _concatenate_consuming(parts: list[np.ndarray]) -> np.ndarray:

@@ -79,6 +79,8 @@ class NearestNeighbourIndex:
             index.nprobe = self.nprobe
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = self.ef_search
+            # The graph's M, as built: level 0 links 2 M neighbours, the count `cum_nneighbor_per_level` starts with.
+            self.hnsw_m = int(faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level)[1]) // 2
         self._cpu_index = index
         self._search_index = index
         if self.use_gpu:

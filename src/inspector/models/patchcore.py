@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from inspector.common.errors import ParameterError
-from inspector.common.names import CoresetPrecision, ImageScore, IndexKind, choices
+from inspector.common.names import CoresetFallback, CoresetPrecision, ImageScore, IndexKind, choices
 from inspector.components.coreset import StreamingCoreset
 from inspector.components.knn import NearestNeighbourIndex, relative_spacing
 from inspector.components.projection import (
@@ -70,8 +71,10 @@ class PatchCore(AnomalyModel, kind="patchcore"):
     """Memory bank of good patch features; a patch's score is its distance to the nearest bank entry.
 
     `coreset_ratio` of all training patches are kept, chosen by greedy k-center; while the patches fit in
-    `coreset_budget_mb` the paper's single pass runs over all of them, beyond it a streamed two-level pass
-    (`coreset_oversample` times the ratio per chunk) keeps memory bounded. The patches are held in
+    `coreset_budget_mb` the paper's single pass runs over all of them in memory. Beyond it `coreset_fallback`
+    decides: "spill" writes them to a temporary file in `coreset_spill_dir` (default: TMPDIR) and runs the same
+    pass over its mapping, for the same bank; "stream" reduces them chunk by chunk (`coreset_oversample` times the
+    ratio per chunk), which bounds disk as well as memory and gives a worse bank. The patches are held in
     `coreset_precision`: float16 (the default) takes half the memory of float32, so twice as many fit the budget,
     and rounds the bank to float16 values; docs/benchmarks.md measures both on three data sets.
     A patch's distance is divided by its nearest entry's spacing in the bank, the mean distance to its
@@ -87,7 +90,8 @@ class PatchCore(AnomalyModel, kind="patchcore"):
     variance over all training patches before the search, cutting its arithmetic (docs/benchmarks.md measures
     the trade-off); the bank is picked at full width, then projected, and the network ends in the projection.
     `nprobe` is how many IVF lists a search visits (`index="ivf"`), `ef_search` how many candidates an HNSW search
-    keeps (`index="hnsw"`): fewer is less work and a less exact nearest neighbour.
+    keeps and `hnsw_m` how many neighbours each entry links to in its graph (`index="hnsw"`): fewer is less work and
+    a less exact nearest neighbour.
     """
 
     def __init__(
@@ -96,6 +100,8 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         coreset_ratio: float = 0.01,
         coreset_oversample: float = 10.0,
         coreset_budget_mb: float | None = 512.0,
+        coreset_fallback: CoresetFallback = "spill",
+        coreset_spill_dir: str | None = None,
         coreset_precision: CoresetPrecision = "float16",
         embed_dim: int | None = None,
         patch_size: int = 3,
@@ -108,6 +114,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         projection_dim: int | None = None,
         nprobe: int = 8,
         ef_search: int = 8,
+        hnsw_m: int = 32,
         blur_sigma: float = 5.0,
         **common: Any,
     ) -> None:
@@ -115,6 +122,8 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         self.coreset_ratio = coreset_ratio
         self.coreset_oversample = coreset_oversample
         self.coreset_budget_mb = coreset_budget_mb
+        self.coreset_fallback = coreset_fallback
+        self.coreset_spill_dir = coreset_spill_dir
         self.coreset_precision = coreset_precision
         self.embed_dim = embed_dim
         self.patch_size = patch_size
@@ -127,6 +136,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         self.projection_dim = projection_dim
         self.nprobe = nprobe
         self.ef_search = ef_search
+        self.hnsw_m = hnsw_m
 
     def _validate_params(self) -> None:
         if self.image_score not in choices(ImageScore):
@@ -142,6 +152,12 @@ class PatchCore(AnomalyModel, kind="patchcore"):
                 f"coreset_precision must be one of {', '.join(choices(CoresetPrecision))}, "
                 f"got {self.coreset_precision!r}"
             )
+        if self.coreset_fallback not in choices(CoresetFallback):
+            raise ParameterError(
+                f"coreset_fallback must be one of {', '.join(choices(CoresetFallback))}, got {self.coreset_fallback!r}"
+            )
+        if self.coreset_spill_dir is not None and not Path(self.coreset_spill_dir).is_dir():
+            raise ParameterError(f"coreset_spill_dir {self.coreset_spill_dir!r} is not a directory")
         if self.num_neighbors < 1:
             raise ParameterError(f"num_neighbors must be at least 1, got {self.num_neighbors}")
         neighbors = self.density_neighbors
@@ -151,7 +167,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             raise ParameterError(f"map_top_fraction must be in [0, 1), got {self.map_top_fraction}")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
             raise ParameterError(f"patch_size must be a positive odd number, got {self.patch_size}")
-        for name in ("nprobe", "ef_search"):
+        for name in ("nprobe", "ef_search", "hnsw_m"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ParameterError(f"{name} must be a positive integer, got {value!r}")
@@ -182,6 +198,8 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             exact_budget_mb=self.coreset_budget_mb,
             threads=self.threads,
             dtype=np.dtype(self.coreset_precision),
+            fallback=self.coreset_fallback,
+            spill_dir=self.coreset_spill_dir,
         )
         statistics = PatchStatistics() if self.projection is not None else None
         t0 = time.perf_counter()
@@ -191,7 +209,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
                 statistics.add(rows)
             coreset.add(rows)
         t1 = time.perf_counter()
-        exact = coreset.exact
+        exact, spilled = coreset.exact, coreset.spilled
         bank = coreset.finalize(progress)
         t2 = time.perf_counter()
         self.projection_: Projection | None = None
@@ -204,7 +222,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         self.bank_spacing_: np.ndarray | None = None
         if self.density_neighbors is not None:
             self.bank_spacing_ = relative_spacing(bank, self.density_neighbors)
-        index = NearestNeighbourIndex(self.index, nprobe=self.nprobe, ef_search=self.ef_search)
+        index = NearestNeighbourIndex(self.index, nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
         self.index_ = index.build(self.memory_bank_)
         self.n_patches_seen_ = coreset.n_seen
         return {
@@ -213,6 +231,7 @@ class PatchCore(AnomalyModel, kind="patchcore"):
             "bank_size": len(self.memory_bank_),
             "patches_seen": coreset.n_seen,
             "coreset_exact": exact,
+            "coreset_spilled": spilled,
         }
 
     def _state(self) -> dict[str, bytes]:
