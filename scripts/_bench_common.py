@@ -30,6 +30,7 @@ import resource
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -124,6 +125,41 @@ def current_rss_mib() -> float:
 
 
 # ---- data ------------------------------------------------------------------------------------------------
+
+
+class MemorySampler:
+    """Peak anonymous and file-backed resident memory (RssAnon, RssFile) of this process while in the `with`, MiB.
+
+    ru_maxrss counts the pages of mapped files as resident, though the kernel drops them under memory pressure;
+    the anonymous peak is what a memory limit cannot take back. Sampled every `interval` seconds by a thread."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak_anon_mib = self.peak_file_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        try:
+            fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        except OSError:
+            return
+        self.peak_anon_mib = max(self.peak_anon_mib, int(fields["RssAnon"].split()[0]) / 1024)
+        self.peak_file_mib = max(self.peak_file_mib, int(fields["RssFile"].split()[0]) / 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 def thin(items: Sequence[Any], limit: int | None) -> list[Any]:

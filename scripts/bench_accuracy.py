@@ -81,6 +81,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bare distance": {"density_neighbors": None},
     "map peak": {"map_top_fraction": 0.0},
     "bare distance + map peak": {"density_neighbors": None, "map_top_fraction": 0.0},
+    "hnsw m16": {"hnsw_m": 16},
+    "hnsw m24": {"hnsw_m": 24},
 }
 ANOMALIB_TOOLS = ("anomalib", "mh-patchcore")
 # Rough single-thread minutes per job, to start the longest first.

@@ -18,8 +18,12 @@ with `inspector.data.read_image`.
 inspector: `create_model("patchcore", backbone=..., layers=(2, 3), image_size=256, coreset_ratio=0.01,
 threads=2, batch_size=8)`, then `fit(train_paths)` and `score([image])` (its default runtime, onnxruntime);
 `inspector-fp32` the same with the patches held in float32 (`coreset_precision="float32"`; the default is
-float16). The process is set up as `inspector fit` sets its own (`set_up_fit_process`: threads and the
-allocator's mapping threshold).
+float16). `inspector-spill` and `inspector-stream` take a coreset budget of 64 MiB, below the 237 MiB the float16
+patches of all 762 images take, so the fit takes its fallback: the patches spilled to a temporary file (the
+default) or reduced chunk by chunk. For inspector the fit's peak anonymous and file-backed resident memory are
+sampled as well (ru_maxrss counts a mapped file's pages, which the kernel can drop), and a digest of the bank
+says whether two fits picked the same one. The process is set up as `inspector fit` sets its own
+(`set_up_fit_process`: threads and the allocator's mapping threshold).
 
 anomalib (2.7.0, torch model only, no Lightning), the calls made:
 
@@ -46,10 +50,12 @@ Run (the full run takes well over an hour on 2 cores, nearly all of it in anomal
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +64,7 @@ from _bench_common import (
     DEFAULT_DATA_ROOT,
     STAGE_COLUMNS,
     SUMMARY_COLUMNS,
+    MemorySampler,
     anomalib_input,
     cpu_seconds,
     current_rss_mib,
@@ -84,9 +91,16 @@ from _bench_common import (
 BACKBONE = "tf_efficientnet_lite0"
 INSPECTOR_LAYERS = (2, 3)  # timm out_indices of ...
 ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # ... these feature_info modules: 40 ch @ /8, 112 ch @ /16
-TOOLS = ("inspector", "inspector-fp32", "anomalib")
-# inspector's rows: estimator parameters on top of the common settings.
-INSPECTOR_PARAMS = {"inspector": {}, "inspector-fp32": {"coreset_precision": "float32"}}
+TOOLS = ("inspector", "inspector-fp32", "inspector-spill", "inspector-stream", "anomalib")
+# inspector's rows: estimator parameters on top of the common settings. The last two take a budget below the
+# patches' 237 MiB (float16), to measure the two fallbacks past it against the one-shot pass in memory.
+FALLBACK_BUDGET_MB = 64.0
+INSPECTOR_PARAMS: dict[str, dict[str, Any]] = {
+    "inspector": {},
+    "inspector-fp32": {"coreset_precision": "float32"},
+    "inspector-spill": {"coreset_budget_mb": FALLBACK_BUDGET_MB},
+    "inspector-stream": {"coreset_budget_mb": FALLBACK_BUDGET_MB, "coreset_fallback": "stream"},
+}
 
 
 @dataclass(frozen=True)
@@ -124,15 +138,21 @@ def run_inspector(train: list[Path], test: list[Path], cfg: Config, params: dict
     )
     rss_before, cpu_before = current_rss_mib(), cpu_seconds()
     start = time.perf_counter()
-    model.fit(train, progress=False)
+    with MemorySampler() as memory:
+        model.fit(train, progress=False)
     fit = {
         "seconds": time.perf_counter() - start,
         "cpu_seconds": cpu_seconds() - cpu_before,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_anon_mib": memory.peak_anon_mib,
+        "peak_file_mib": memory.peak_file_mib,
         "rss_before_fit_mib": rss_before,
         "features_seconds": model.fit_info_["features_seconds"],
         "coreset_seconds": model.fit_info_["coreset_seconds"],
+        "coreset_spilled": model.fit_info_["coreset_spilled"],
+        "coreset_exact": model.fit_info_["coreset_exact"],
         "bank_size": model.fit_info_["bank_size"],
+        "bank_sha256": hashlib.sha256(model.memory_bank_.tobytes()).hexdigest(),
         "runtime": model.scorer_.runtime,
     }
 
@@ -210,11 +230,15 @@ def tool_label(tool: str, result: dict) -> str:
 
 
 DETAIL_COLUMNS = {
-    "bank": lambda r: f"{r['fit']['bank_size']}",
+    "bank size": lambda r: f"{r['fit']['bank_size']}",
     "fit: features s": lambda r: f"{r['fit']['features_seconds']:.1f}",
     "fit: coreset s": lambda r: f"{r['fit']['coreset_seconds']:.1f}",
     "fit CPU s": lambda r: f"{r['fit']['cpu_seconds']:.1f}",
     "RSS before fit MiB": lambda r: f"{r['fit']['rss_before_fit_mib']:.0f}",
+    "peak anon / file MiB (fit)": lambda r: (
+        f"{r['fit']['peak_anon_mib']:.0f} / {r['fit']['peak_file_mib']:.0f}" if "peak_anon_mib" in r["fit"] else ""
+    ),
+    "bank": lambda r: r["fit"].get("bank_sha256", "")[:12],
     "CPU ms/img": lambda r: f"{r['cpu_ms_summary']['median']:.1f}",
     **STAGE_COLUMNS,
 }

@@ -80,6 +80,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "pca64-hnsw-ef8": {"projection": "pca", "projection_dim": 64, "index": "hnsw", "ef_search": 8},
     "hnsw-ef8": {"index": "hnsw", "ef_search": 8},
     "bare-peak": {"density_neighbors": None, "map_top_fraction": 0.0},
+    "hnsw-m16": {"hnsw_m": 16},
+    "hnsw-m24": {"hnsw_m": 24},
 }
 
 
