@@ -276,6 +276,19 @@ def test_a_full_disk_while_spilling_is_one_error_that_says_what_to_change(full_d
         wide.finalize()
 
 
+def test_a_spill_that_cannot_fit_fails_before_it_writes_anything(full_disk: Path) -> None:
+    stream = StreamingCoreset(0.02, exact_budget_mb=0.01, spill_dir=full_disk)
+    stream.expect(4000)  # 4,000 rows of 16 float32: 250 KiB for a 64 KiB disk
+    with pytest.raises(CoresetSpillError, match=r"needs 250 KiB in .*tiny, which has 64 KiB free"):
+        stream.add(np.ones((400, 16), np.float32))
+    assert not list(full_disk.iterdir())
+    roomy = StreamingCoreset(0.02, exact_budget_mb=0.01, spill_dir=full_disk)
+    roomy.expect(800)  # 50 KiB: it fits
+    for part in np.array_split(np.random.default_rng(16).normal(size=(800, 16)), 4):
+        roomy.add(part)
+    assert roomy.spilled and roomy.finalize().shape == (16, 16)
+
+
 def test_spilling_to_memory_backed_storage_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     shm = Path("/dev/shm")
     if filesystem_type(shm) != "tmpfs":

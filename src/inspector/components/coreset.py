@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -270,6 +271,12 @@ class StreamingCoreset:
         self._pool: list[np.ndarray] = []
         self._spill: IO[bytes] | None = None  # past the budget with fallback "spill": every patch, in arrival order
         self._width = 0
+        self.expected_rows: int | None = None  # see `expect`
+
+    def expect(self, rows: int) -> None:
+        """Say how many patches will come in all, so that a spill checks for room for all of them before it
+        starts, rather than finding the disk full at the end of a long feature pass."""
+        self.expected_rows = rows
 
     @property
     def exact(self) -> bool:
@@ -324,6 +331,7 @@ class StreamingCoreset:
             self._pending_bytes / 2**20,
             self.spill_dir,
         )
+        self._check_room()
         self._join_loose()
         with _spill_errors(self.spill_dir):
             # Closed by finalize or by a failed write; unlinked at once, so the file is gone however the fit ends.
@@ -331,6 +339,23 @@ class StreamingCoreset:
         while self._pending:
             self._write_spill(self._pending.pop(0))
         self._n_pending = self._pending_bytes = 0
+
+    def _check_room(self) -> None:
+        """With `expect`ed rows, fail now if the spill directory cannot hold them (and their projection)."""
+        if self.expected_rows is None:
+            return
+        row_bytes = self._width * self.dtype.itemsize
+        if self.projection_dim is not None and self._width > self.projection_dim:
+            row_bytes += self.projection_dim * 4  # the projected float32 rows the greedy pass reads
+        needed = max(self.expected_rows, self.n_seen) * row_bytes
+        with _spill_errors(self.spill_dir):
+            free = shutil.disk_usage(self.spill_dir).free
+        if needed > free:
+            raise CoresetSpillError(
+                f"the coreset's spill file needs {_size(needed)} in {self.spill_dir}, which has {_size(free)} free; "
+                "free disk space there, point coreset_spill_dir (or TMPDIR) at a larger disk, or set "
+                "coreset_fallback='stream'"
+            )
 
     def _write_spill(self, features: np.ndarray) -> None:
         """Append rows to the spill file; a failed write lets go of the file (and its disk) before raising."""
@@ -406,6 +431,10 @@ class StreamingCoreset:
             return np.array(pool, dtype=np.float32)
         chosen = greedy_coreset(pool, n_select, self.projection_dim, self.seed, progress, self.threads, self.spill_dir)
         return np.array(pool[chosen], dtype=np.float32)  # a plain array in memory: the mapping goes with `pool`
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KiB"
 
 
 def _concatenate_consuming(parts: list[np.ndarray]) -> np.ndarray:

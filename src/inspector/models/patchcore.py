@@ -205,6 +205,8 @@ class PatchCore(AnomalyModel, kind="patchcore"):
         t0 = time.perf_counter()
         for batch in self._batches(images, progress, "features"):
             rows = patch_rows(self._features(batch)[0])
+            if coreset.expected_rows is None:  # every image gives as many patches as the first
+                coreset.expect(len(rows) // len(batch) * len(images))
             if statistics is not None:
                 statistics.add(rows)
             coreset.add(rows)
