@@ -113,6 +113,11 @@ def _reserve(file: IO[bytes], size: int) -> None:
         file.truncate(size)
 
 
+SPILL_REMEDY = (
+    "free disk space there, point coreset_spill_dir (or TMPDIR) at a larger disk, or set coreset_fallback='stream'"
+)
+
+
 @contextmanager
 def _spill_errors(directory: str | Path) -> Iterator[None]:
     """A full disk or a missing directory while spilling, as one error that says what to change."""
@@ -120,8 +125,7 @@ def _spill_errors(directory: str | Path) -> Iterator[None]:
         yield
     except OSError as error:
         raise CoresetSpillError(
-            f"could not write the coreset's spill file in {directory}: {error.strerror or error}; free disk space "
-            "there, point coreset_spill_dir (or TMPDIR) at a larger disk, or set coreset_fallback='stream'"
+            f"could not write the coreset's spill file in {directory}: {error.strerror or error}; {SPILL_REMEDY}"
         ) from error
 
 
@@ -319,12 +323,13 @@ class StreamingCoreset:
 
     def _start_spill(self) -> None:
         """Move every held patch to a new spill file; later batches are appended to it as they come."""
-        if filesystem_type(self.spill_dir) in ("tmpfs", "ramfs"):
+        kind = filesystem_type(self.spill_dir)
+        if kind in ("tmpfs", "ramfs"):
             log.warning(
                 "the coreset spills its patches to %s, which is held in memory (%s): point coreset_spill_dir or "
                 "TMPDIR at a disk to keep them out of memory",
                 self.spill_dir,
-                filesystem_type(self.spill_dir),
+                kind,
             )
         log.info(
             "the patches passed the coreset's %.0f MiB budget: spilling them to %s",
@@ -353,8 +358,7 @@ class StreamingCoreset:
         if needed > free:
             raise CoresetSpillError(
                 f"the coreset's spill file needs {_size(needed)} in {self.spill_dir}, which has {_size(free)} free; "
-                "free disk space there, point coreset_spill_dir (or TMPDIR) at a larger disk, or set "
-                "coreset_fallback='stream'"
+                f"{SPILL_REMEDY}"
             )
 
     def _write_spill(self, features: np.ndarray) -> None:
