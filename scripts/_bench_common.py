@@ -113,18 +113,18 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def memory_status_mib() -> dict[str, float]:
+    """This process's memory lines of /proc/self/status (VmRSS, RssAnon, RssFile, ...) in MiB; empty without /proc."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: int(value.split()[0]) / 1024 for key, value in (line.split(":", 1) for line in lines) if "kB" in value}
+
+
 def current_rss_mib() -> float:
     """Resident memory now (VmRSS), MiB; falls back to the peak where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mib()
-
-
-# ---- data ------------------------------------------------------------------------------------------------
+    return memory_status_mib().get("VmRSS", peak_rss_mib())
 
 
 class MemorySampler:
@@ -140,12 +140,9 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
-        try:
-            fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        except OSError:
-            return
-        self.peak_anon_mib = max(self.peak_anon_mib, int(fields["RssAnon"].split()[0]) / 1024)
-        self.peak_file_mib = max(self.peak_file_mib, int(fields["RssFile"].split()[0]) / 1024)
+        status = memory_status_mib()
+        self.peak_anon_mib = max(self.peak_anon_mib, status.get("RssAnon", 0.0))
+        self.peak_file_mib = max(self.peak_file_mib, status.get("RssFile", 0.0))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -160,6 +157,9 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
         self.sample()
+
+
+# ---- data ------------------------------------------------------------------------------------------------
 
 
 def thin(items: Sequence[Any], limit: int | None) -> list[Any]:
