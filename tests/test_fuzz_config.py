@@ -32,8 +32,8 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
         *parents, last = key.split("/")
         node = data
         for part in parents:
-            child = node.get(part)
-            node = node.setdefault(part, {}) if isinstance(child, dict) or child is None else {}
+            # A key already holding a value (None included) keeps it; the deeper key goes to a detached dict.
+            node = node.setdefault(part, {}) if part not in node or isinstance(node[part], dict) else {}
         node[last] = value
     return data
 
