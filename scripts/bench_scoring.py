@@ -24,6 +24,9 @@ projecting). Image and pixel AUROC (no AUPRO) come from each variant's maps at 2
 `PatchcoreModel` forward at batch 1 with its memory bank set to the default's bank (timing only: its accuracy
 needs its own 46-minute fit, see bench_patchcore.py), in its own process, between two inspector passes.
 
+`--float32-index` adds, end to end, the default model with its HNSW graph holding the bank in float32 (a copy of
+the fitted model with only index.faiss rebuilt), as it did before a float16 bank was stored in float16.
+
 `--preprocess` times decoding and resizing 800x800 JPEGs made from the test images, the uint8 resize as it was
 against `Preprocessing` now, and checks that both give the same batch.
 
@@ -61,6 +64,7 @@ from _bench_common import (
     markdown_table,
     run_isolated,
     set_up_fit_process,
+    source_digest,
     write_json,
 )
 
@@ -68,6 +72,7 @@ BACKBONE = "tf_efficientnet_lite0"
 LAYERS = (2, 3)
 IMAGE_SIZE = 256
 DEFAULT_CACHE = Path("/tmp/inspector-bench-scoring")
+CACHE_SOURCE_FILE = "fitted_by.txt"
 # Estimator configurations for --end-to-end, by name: parameters on top of the default.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -131,19 +136,49 @@ def fit_cached(train: list[Path], out: Path, params: dict[str, Any], threads: in
 
     wanted = {"backbone": BACKBONE, "image_size": IMAGE_SIZE, "coreset_ratio": 0.01, "seed": 0, **params}
     model = create_model("patchcore", layers=LAYERS, threads=threads, batch_size=8, **wanted)
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        # Every parameter must match, defaults included: a model cached before a default changed is fitted again.
+    manifest, fitted_by = out / "manifest.json", out / CACHE_SOURCE_FILE
+    code = fitting_code_digest()
+    if manifest.is_file() and fitted_by.is_file():
+        # Every parameter must match, defaults included, and so must the fitting code: a model cached before a
+        # default or the index's format changed is fitted again.
         saved = json.loads(manifest.read_text())
         params_now = json.loads(json.dumps(model.get_params(), default=list))
         same = saved["params"] == params_now and saved["fit"]["n_images"] == len(train)
-        if same and (not stats or (out / "patch_stats.npz").is_file()):
+        if same and fitted_by.read_text() == code and (not stats or (out / "patch_stats.npz").is_file()):
             return {"cached": True, **saved["fit"]}
     model.fit(train, progress=False)
     model.save(out, {"train_dir": str(Path(train[0]).parent), "n_images": len(train)})
+    fitted_by.write_text(code)
     if stats:
         save_patch_statistics(model, train, out / "patch_stats.npz")
     return {"cached": False, **model.fit_info_}
+
+
+def fitting_code_digest() -> str:
+    """Which fitting code a cached model came from: the sources of the packages that build its files."""
+    return " ".join(source_digest(f"inspector.{name}") for name in ("features", "components", "models"))
+
+
+def derive_float32_index(source: Path, out: Path) -> Path:
+    """A copy of the fitted model in `source` whose HNSW graph holds the bank in float32, as every model did before
+    float16 banks were stored in float16: the same bank, graph degree and search settings, for a same-run timing."""
+    import shutil
+
+    import faiss
+
+    from inspector.components.knn import NearestNeighbourIndex
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out)
+    saved = NearestNeighbourIndex("hnsw").from_bytes((source / "index.faiss").read_bytes())
+    with np.load(source / "memory_bank.npz") as state:
+        bank = np.ascontiguousarray(state["memory_bank"], dtype=np.float32)
+    index = faiss.IndexHNSWFlat(bank.shape[1], saved.hnsw_m)
+    index.add(bank)
+    (out / "index.faiss").write_bytes(faiss.serialize_index(index).tobytes())
+    assert NearestNeighbourIndex("hnsw").from_bytes((out / "index.faiss").read_bytes()).stored_dtype == "float32"
+    return out
 
 
 def save_patch_statistics(model: Any, train: list[Path], path: Path) -> None:
@@ -450,6 +485,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preprocess-size", type=int, default=800)
     parser.add_argument("--end-to-end", action="store_true", help="also time fitted candidates end to end")
     parser.add_argument("--candidates", nargs="+", default=["pca64"], choices=[c for c in CANDIDATES if c != "default"])
+    parser.add_argument(
+        "--float32-index", action="store_true", help="end to end, also the default with its bank held in float32"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="end-to-end passes over the test images")
     parser.add_argument("--anomalib-site", default=None, help="a folder holding anomalib 2.7.0 (pip --target)")
     parser.add_argument("--json", type=Path, default=None)
@@ -508,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.end_to_end:
         paths = {"default": default}
+        if args.float32_index:
+            paths["float32-index"] = run_isolated(
+                derive_float32_index, default, model_dir(args.cache, args.category, "float32-index")
+            )
         for name in args.candidates:
             paths[name] = model_dir(args.cache, args.category, name)
             report["fit"][name] = run_isolated(fit_cached, train, paths[name], CANDIDATES[name], args.threads, False)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
 from inspector.common.errors import ParameterError
-from inspector.components.knn import IndexLoadError, NearestNeighbourIndex, bank_spacing, relative_spacing
+from inspector.components.knn import (
+    IndexLoadError,
+    NearestNeighbourIndex,
+    bank_spacing,
+    holds_float16,
+    relative_spacing,
+)
 
 
 @pytest.fixture
@@ -41,6 +48,37 @@ def test_approximate_indexes_find_the_true_neighbour_mostly(bank: np.ndarray, ki
     queries = bank[:200] + np.float32(0.05)
     _, idx = NearestNeighbourIndex(kind).build(bank).search(queries)
     assert (idx[:, 0] == np.arange(200)).mean() > 0.9
+
+
+def test_hnsw_over_float16_values_holds_them_in_float16_and_searches_as_float32_would(bank: np.ndarray) -> None:
+    """PatchCore's default bank is float16 values widened to float32: the graph keeps them at half the bytes, and
+    finds the neighbours a float32 graph finds, at the same distances up to float32 rounding."""
+    half = bank.astype(np.float16).astype(np.float32)
+    queries = np.random.default_rng(1).normal(size=(300, 24)).astype(np.float32)
+    index = NearestNeighbourIndex("hnsw", ef_search=8, hnsw_m=16).build(half)
+    assert index.stored_dtype == "float16"
+    single = faiss.IndexHNSWFlat(24, 16)
+    single.add(half)
+    single.hnsw.efSearch = 8
+    squared, expected = single.search(queries, 3)
+    distances, nearest = index.search(queries, 3)
+    np.testing.assert_array_equal(nearest, expected)
+    np.testing.assert_allclose(distances, np.sqrt(squared), rtol=1e-6)
+
+    saved = index.to_bytes()
+    assert len(saved) < len(faiss.serialize_index(single).tobytes()) - len(half) * 24  # 2 bytes a value, not 4
+    restored = NearestNeighbourIndex("hnsw", ef_search=8).from_bytes(saved)
+    assert restored.stored_dtype == "float16"
+    np.testing.assert_array_equal(restored.search(queries, 3)[1], nearest)
+
+
+def test_a_bank_that_float16_would_round_stays_float32(bank: np.ndarray) -> None:
+    assert not holds_float16(bank)
+    assert NearestNeighbourIndex("hnsw").build(bank).stored_dtype == "float32"
+    half = bank.astype(np.float16).astype(np.float32)
+    assert holds_float16(half)
+    assert NearestNeighbourIndex("flat").build(half).stored_dtype == "float32"  # exact search keeps its BLAS path
+    assert not holds_float16(np.array([[1e6]], np.float32))  # beyond float16's range
 
 
 def test_bad_kind_and_damaged_bytes_are_clear_errors(bank: np.ndarray) -> None:

@@ -194,12 +194,14 @@ def test_approximate_search_settings_are_kept_with_the_model_and_used_by_the_lin
 
 
 def test_patches_are_held_in_float16_unless_float32_is_asked_for(dataset: Dataset) -> None:
-    """float16 patches take half the memory; the bank is their float32 widening. float32 keeps the bank exact."""
+    """float16 patches take half the memory; the bank is their float32 widening, and the search index holds it in
+    float16 again. float32 keeps the bank exact."""
     kwargs = {"image_size": SIZE, "coreset_ratio": 0.1, "threads": 2}
     banks = {}
     for precision in ("float16", "float32"):
         model = PatchCore(coreset_precision=precision, **kwargs).fit(dataset.train(), progress=False)  # type: ignore[arg-type]
         banks[precision] = model.memory_bank_
+        assert model.index_.stored_dtype == precision  # the HNSW graph holds the bank at the patches' precision
         report, _ = evaluate(model.scorer_, dataset, progress=False)
         assert report["image_auroc"] >= 0.9
     assert PatchCore().coreset_precision == "float16"

@@ -1,7 +1,9 @@
 """The nearest-neighbour core: a small FAISS wrapper that searches a memory bank and saves with the model.
 
 Exact flat L2 searches every bank entry; IVF or HNSW trade a little recall for less work (PatchCore's default is
-HNSW, docs/benchmarks.md measures each). A GPU is used when faiss was built with one and one is present; there
+HNSW, docs/benchmarks.md measures each). An HNSW graph over a bank whose values are all float16 numbers (PatchCore
+keeps its patches in float16 by default) stores them in float16: nothing is lost, and each search step reads half
+the bytes. A GPU is used when faiss was built with one and one is present; there
 the bank is searched exactly, which a GPU does fastest, whatever the kind (faiss has no GPU HNSW). Distances
 returned are Euclidean (not squared), as PatchCore defines them.
 """
@@ -54,6 +56,16 @@ class NearestNeighbourIndex:
         return 0 if self._cpu_index is None else int(self._cpu_index.d)
 
     @property
+    def stored_dtype(self) -> str:
+        """The precision the index holds the bank in: "float16" (an HNSW graph over float16 values) or "float32"."""
+        index = self._cpu_index
+        if isinstance(index, faiss.IndexHNSW):
+            storage = faiss.downcast_index(index.storage)
+            if isinstance(storage, faiss.IndexScalarQuantizer) and storage.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+                return "float16"
+        return "float32"
+
+    @property
     def on_gpu(self) -> bool:
         """Whether searches run on a GPU copy of the index (faiss-gpu with a GPU; exact for an HNSW index)."""
         return self._search_index is not None and self._search_index is not self._cpu_index
@@ -68,6 +80,9 @@ class NearestNeighbourIndex:
             nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants ~39 training points per list
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
             index.train(bank)
+        elif holds_float16(bank):
+            index = faiss.index_factory(d, f"HNSW{self.hnsw_m},SQfp16")
+            index.train(bank)  # float16 has nothing to learn, but faiss wants the call before `add`
         else:
             index = faiss.IndexHNSWFlat(d, self.hnsw_m)
         index.add(bank)
@@ -111,6 +126,12 @@ class NearestNeighbourIndex:
             raise IndexLoadError(f"cannot read FAISS index: {exc}") from exc
         self._set(index)
         return self
+
+
+def holds_float16(bank: np.ndarray) -> bool:
+    """Whether every value of the float32 bank is a float16 number, so storing it in float16 loses nothing."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(bank.astype(np.float16).astype(np.float32), bank))
 
 
 def bank_spacing(bank: np.ndarray, k: int) -> np.ndarray:
