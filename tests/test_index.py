@@ -79,6 +79,8 @@ def test_a_bank_that_float16_would_round_stays_float32(bank: np.ndarray) -> None
     assert holds_float16(half)
     assert NearestNeighbourIndex("flat").build(half).stored_dtype == "float32"  # exact search keeps its BLAS path
     assert not holds_float16(np.array([[1e6]], np.float32))  # beyond float16's range
+    half[-1, -1] = np.float32(0.1)  # one value float16 would round, in the last slice checked
+    assert not holds_float16(half, rows_at_a_time=7)
 
 
 def test_bad_kind_and_damaged_bytes_are_clear_errors(bank: np.ndarray) -> None:

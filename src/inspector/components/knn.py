@@ -128,10 +128,15 @@ class NearestNeighbourIndex:
         return self
 
 
-def holds_float16(bank: np.ndarray) -> bool:
-    """Whether every value of the float32 bank is a float16 number, so storing it in float16 loses nothing."""
+def holds_float16(bank: np.ndarray, rows_at_a_time: int = 65536) -> bool:
+    """Whether every value of the float32 bank is a float16 number, so storing it in float16 loses nothing.
+    Checked a slice of rows at a time, so a large bank needs no full-size copies."""
     with np.errstate(over="ignore"):
-        return bool(np.array_equal(bank.astype(np.float16).astype(np.float32), bank))
+        for start in range(0, len(bank), rows_at_a_time):
+            rows = bank[start : start + rows_at_a_time]
+            if not np.array_equal(rows.astype(np.float16).astype(np.float32), rows):
+                return False
+    return True
 
 
 def bank_spacing(bank: np.ndarray, k: int) -> np.ndarray:
