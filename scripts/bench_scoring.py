@@ -27,9 +27,6 @@ needs its own 46-minute fit, see bench_patchcore.py), in its own process, betwee
 `--float32-index` adds, end to end, the default model with its HNSW graph holding the bank in float32 (a copy of
 the fitted model with only index.faiss rebuilt), as it did before a float16 bank was stored in float16.
 
-`--smoothing` times the map's upsampling and blur on the default's patch maps, as two matrix products (now) and
-as a resize and a blur over every pixel (before), and reports the largest difference between the two.
-
 `--preprocess` times decoding and resizing 800x800 JPEGs made from the test images, the uint8 resize as it was
 against `Preprocessing` now, and checks that both give the same batch.
 
@@ -165,20 +162,22 @@ def fitting_code_digest() -> str:
 def derive_float32_index(source: Path, out: Path) -> Path:
     """A copy of the fitted model in `source` whose HNSW graph holds the bank in float32, as every model did before
     float16 banks were stored in float16: the same bank, graph degree and search settings, for a same-run timing."""
+    import shutil
+
     import faiss
 
     from inspector.components.knn import NearestNeighbourIndex
-    from inspector.models.persistence import read_model_dir, write_model_dir
 
-    manifest, files = read_model_dir(source)
-    saved = NearestNeighbourIndex("hnsw").from_bytes(files["index.faiss"])
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out)
+    saved = NearestNeighbourIndex("hnsw").from_bytes((source / "index.faiss").read_bytes())
     with np.load(source / "memory_bank.npz") as state:
         bank = np.ascontiguousarray(state["memory_bank"], dtype=np.float32)
     index = faiss.IndexHNSWFlat(bank.shape[1], saved.hnsw_m)
     index.add(bank)
-    files["index.faiss"] = faiss.serialize_index(index).tobytes()
-    assert NearestNeighbourIndex("hnsw").from_bytes(files["index.faiss"]).stored_dtype == "float32"
-    write_model_dir(out, manifest, files)
+    (out / "index.faiss").write_bytes(faiss.serialize_index(index).tobytes())
+    assert NearestNeighbourIndex("hnsw").from_bytes((out / "index.faiss").read_bytes()).stored_dtype == "float32"
     return out
 
 
@@ -469,44 +468,6 @@ def run_preprocess(test: list[Path], threads: int, size: int) -> dict:
     }
 
 
-def run_smoothing(model_path: Path, test: list[Path], threads: int) -> dict:
-    """The map's upsampling and blur, per test image: as two matrix products (`smooth_maps`, now) and as a resize
-    and a blur over every pixel (`upsample_and_blur`, before), alternating, on the default model's patch maps."""
-    import cv2
-
-    limit_threads(threads)
-    cv2.setNumThreads(threads)
-    from inspector.components.postprocess import smooth_maps, upsample_and_blur
-    from inspector.data import read_image
-    from inspector.models.scoring import load_scorer
-
-    scorer = load_scorer(model_path, threads=threads)
-    size, sigma = scorer.preprocessing.input_size, scorer.blur_sigma
-    patch_maps = [scorer._patch_scores(scorer.runner(scorer.preprocessing([read_image(p)])))[1] for p in test]
-    times: dict[str, list[float]] = {"before (resize, blur)": [], "now (matrix products)": []}
-    worst = 0.0
-    load_before = load_average()
-    for i, patch_map in enumerate(patch_maps):
-        names = list(times) if i % 2 else list(times)[::-1]
-        out = {}
-        for name in names:
-            t0 = time.perf_counter()
-            if name.startswith("now"):
-                out[name] = smooth_maps(patch_map, size, sigma)[0]
-            else:
-                out[name] = upsample_and_blur(patch_map[0], size, sigma)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        before, now = out["before (resize, blur)"], out["now (matrix products)"]
-        worst = max(worst, float(np.abs(now - before).max() / before.max()))
-    return {
-        "n": len(patch_maps),
-        "sigma": sigma,
-        "ms_median": {k: float(np.median(v)) for k, v in times.items()},
-        "max_difference_relative_to_peak": worst,
-        "load_average": {"before": load_before, "after": load_average()},
-    }
-
-
 # ---- parent -----------------------------------------------------------------------------------------------------
 
 
@@ -522,7 +483,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--preprocess", action="store_true", help="time the resize of large inputs, before and now")
     parser.add_argument("--preprocess-size", type=int, default=800)
-    parser.add_argument("--smoothing", action="store_true", help="time the map's smoothing, before and now")
     parser.add_argument("--end-to-end", action="store_true", help="also time fitted candidates end to end")
     parser.add_argument("--candidates", nargs="+", default=["pca64"], choices=[c for c in CANDIDATES if c != "default"])
     parser.add_argument(
@@ -553,10 +513,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.preprocess:
         report["preprocess"] = run_isolated(run_preprocess, test, args.threads, args.preprocess_size)
         print(f"[preprocess] {report['preprocess']}", flush=True)
-
-    if args.smoothing:
-        report["smoothing"] = run_isolated(run_smoothing, default, test, args.threads)
-        print(f"[smoothing] {report['smoothing']}", flush=True)
 
     if not args.skip_sweep:
         variants = sweep_variants()
