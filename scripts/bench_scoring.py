@@ -162,22 +162,20 @@ def fitting_code_digest() -> str:
 def derive_float32_index(source: Path, out: Path) -> Path:
     """A copy of the fitted model in `source` whose HNSW graph holds the bank in float32, as every model did before
     float16 banks were stored in float16: the same bank, graph degree and search settings, for a same-run timing."""
-    import shutil
-
     import faiss
 
     from inspector.components.knn import NearestNeighbourIndex
+    from inspector.models.persistence import read_model_dir, write_model_dir
 
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(source, out)
-    saved = NearestNeighbourIndex("hnsw").from_bytes((source / "index.faiss").read_bytes())
+    manifest, files = read_model_dir(source)
+    saved = NearestNeighbourIndex("hnsw").from_bytes(files["index.faiss"])
     with np.load(source / "memory_bank.npz") as state:
         bank = np.ascontiguousarray(state["memory_bank"], dtype=np.float32)
     index = faiss.IndexHNSWFlat(bank.shape[1], saved.hnsw_m)
     index.add(bank)
-    (out / "index.faiss").write_bytes(faiss.serialize_index(index).tobytes())
-    assert NearestNeighbourIndex("hnsw").from_bytes((out / "index.faiss").read_bytes()).stored_dtype == "float32"
+    files["index.faiss"] = faiss.serialize_index(index).tobytes()
+    assert NearestNeighbourIndex("hnsw").from_bytes(files["index.faiss"]).stored_dtype == "float32"
+    write_model_dir(out, manifest, files)
     return out
 
 
