@@ -189,3 +189,10 @@ def test_faiss_moves_the_index_to_a_gpu_by_itself_when_it_sees_one(monkeypatch: 
     queries = bank[::7] + 0.3
     np.testing.assert_array_equal(hnsw.search(queries, 3)[1], cpu.search(queries, 3)[1])
     assert isinstance(faiss.deserialize_index(np.frombuffer(hnsw.to_bytes(), np.uint8)), faiss.IndexHNSWFlat)
+
+    # A float16 bank, held in float16 by the graph, is searched exactly on the GPU too, at its float16 values.
+    half = bank.astype(np.float16).astype(np.float32)
+    hnsw16 = NearestNeighbourIndex("hnsw", ef_search=1).build(half)
+    assert hnsw16.stored_dtype == "float16" and hnsw16.on_gpu
+    exact = NearestNeighbourIndex("flat", use_gpu=False).build(half)
+    np.testing.assert_array_equal(hnsw16.search(queries, 3)[1], exact.search(queries, 3)[1])
