@@ -76,7 +76,8 @@ class PatchCore(AnomalyModel, kind="patchcore"):
     pass over its mapping, for the same bank; "stream" reduces them chunk by chunk (`coreset_oversample` times the
     ratio per chunk), which bounds disk as well as memory and gives a worse bank. The patches are held in
     `coreset_precision`: float16 (the default) takes half the memory of float32, so twice as many fit the budget,
-    and rounds the bank to float16 values; docs/benchmarks.md measures both on three data sets.
+    and rounds the bank to float16 values, which an HNSW graph then holds in float16 as well (half the bytes per
+    search step, nothing lost); docs/benchmarks.md measures both on three data sets.
     A patch's distance is divided by its nearest entry's spacing in the bank, the mean distance to its
     `density_neighbors` nearest entries relative to the bank's mean (`None`: the bare distance), so a rare-but-normal
     pattern weighs less than a small deviation from a common one. The map is smoothed with `blur_sigma` 5 (the
