@@ -3,9 +3,9 @@
 Exact flat L2 searches every bank entry; IVF or HNSW trade a little recall for less work (PatchCore's default is
 HNSW, docs/benchmarks.md measures each). An HNSW graph over a bank whose values are all float16 numbers (PatchCore
 keeps its patches in float16 by default) stores them in float16: nothing is lost, and each search step reads half
-the bytes. A GPU is used when faiss was built with one and one is present; there
-the bank is searched exactly, which a GPU does fastest, whatever the kind (faiss has no GPU HNSW). Distances
-returned are Euclidean (not squared), as PatchCore defines them.
+the bytes. A GPU is used when faiss was built with one and one is present; there the bank is searched exactly,
+which a GPU does fastest, whatever the kind (faiss has no GPU HNSW). Distances returned are Euclidean (not
+squared), as PatchCore defines them.
 """
 
 from __future__ import annotations
