@@ -2,7 +2,8 @@
 
 Fits inspector's default PatchCore once (lite0, 256 px, 1% coreset, 2 threads) and caches it under `--cache`
 together with the training patches' mean and covariance (one more pass of the fitted network over the training
-images), so reruns skip the fit. Then, in one scoring process, for every test image at batch 1:
+images), so reruns skip the fit unless a parameter or the fitting code (inspector's features, components and
+models sources) changed. Then, in one scoring process, for every test image at batch 1:
 
 * preprocess (`Preprocessing`, the decoded image to the network's input) and features (the model's onnxruntime
   network) are run once and timed;
