@@ -22,6 +22,7 @@ script again, and nothing one tool needs should be loaded into the other tool's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -320,9 +321,13 @@ def machine_info(packages: Sequence[str] = ("torch", "timm", "onnxruntime", "fai
     }
 
 
+def bank_sha256(bank: np.ndarray) -> str:
+    """SHA-256 of a memory bank's float32 values: whether two fits picked the same bank, to the bit."""
+    return hashlib.sha256(np.ascontiguousarray(bank, dtype=np.float32).tobytes()).hexdigest()
+
+
 def source_digest(package: str) -> str:
     """SHA-256 over a package's .py files (names and bytes): which code was measured, without a commit."""
-    import hashlib
     import importlib
 
     root = Path(importlib.import_module(package).__file__).parent

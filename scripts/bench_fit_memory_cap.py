@@ -20,7 +20,6 @@ included), and whether the saved bank is the reference's to the bit.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from _bench_common import DEFAULT_DATA_ROOT, load_average, machine_info, markdown_table, write_json
+from _bench_common import DEFAULT_DATA_ROOT, bank_sha256, load_average, machine_info, markdown_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ("reference", "held", "spill", "stream")
@@ -75,7 +74,7 @@ def bank_digest(model_dir: Path) -> str | None:
     if not bank.exists():
         return None
     with np.load(bank) as arrays:
-        return hashlib.sha256(np.ascontiguousarray(arrays["memory_bank"]).tobytes()).hexdigest()
+        return bank_sha256(arrays["memory_bank"])
 
 
 def fit_in_cgroup(

@@ -50,7 +50,6 @@ Run (the full run takes well over an hour on 2 cores, nearly all of it in anomal
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -66,6 +65,7 @@ from _bench_common import (
     SUMMARY_COLUMNS,
     MemorySampler,
     anomalib_input,
+    bank_sha256,
     cpu_seconds,
     current_rss_mib,
     evaluate_maps,
@@ -152,7 +152,7 @@ def run_inspector(train: list[Path], test: list[Path], cfg: Config, params: dict
         "coreset_spilled": model.fit_info_["coreset_spilled"],
         "coreset_exact": model.fit_info_["coreset_exact"],
         "bank_size": model.fit_info_["bank_size"],
-        "bank_sha256": hashlib.sha256(model.memory_bank_.tobytes()).hexdigest(),
+        "bank_sha256": bank_sha256(model.memory_bank_),
         "runtime": model.scorer_.runtime,
     }
 

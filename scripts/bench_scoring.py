@@ -43,6 +43,7 @@ and the few modules its import asks for.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -170,7 +171,7 @@ def derive_float32_index(source: Path, out: Path) -> Path:
 
     manifest, files = read_model_dir(source)
     saved = NearestNeighbourIndex("hnsw").from_bytes(files["index.faiss"])
-    with np.load(source / "memory_bank.npz") as state:
+    with np.load(io.BytesIO(files["memory_bank.npz"])) as state:
         bank = np.ascontiguousarray(state["memory_bank"], dtype=np.float32)
     index = faiss.IndexHNSWFlat(bank.shape[1], saved.hnsw_m)
     index.add(bank)
